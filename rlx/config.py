@@ -1,0 +1,393 @@
+"""Typed, frozen experiment configs: YAML plus dotted `key=value` overrides.
+
+Every section is a frozen dataclass. Loading walks the dataclass tree, so an unknown or
+misspelled key fails with the valid keys listed, and a value of the wrong type fails naming the
+key and the expected type. Model code never sees this module: it takes a narrow `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("train", "sft", "eval", "serve", "plan", "bench")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "quickstart"
+    kind: str = "train"
+    out_dir: str = "runs"
+    seed: int = 0
+    # Resume from the latest checkpoint in the run directory when one exists.
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    preset: str = "tiny"
+    # A Hugging Face directory (config.json + *.safetensors); overrides `preset` when set.
+    hf_path: str = ""
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    # Architecture overrides applied on top of the preset (e.g. {"n_layers": 2}).
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenizerSection:
+    # A sentencepiece .model, a tokenizer.json or a directory holding one; empty = the task's own.
+    path: str = ""
+    chat_style: str = ""
+
+
+@dataclass(frozen=True)
+class DataSection:
+    # "arith" is the built-in synthetic task; "jsonl" / "parquet" read `path`; or an eval-set name.
+    task: str = "arith"
+    path: str = ""
+    question_field: str = "question"
+    answer_field: str = "answer"
+    template: str = "plain"
+    max_prompt_len: int = 128
+    shuffle: bool = True
+    # Built-in task only: how many problems to generate for training and held-out evaluation.
+    train_size: int = 20000
+    heldout_size: int = 256
+    difficulty: int = 3
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    max_concurrent_decodes: int = 64
+    max_prefill_length: int = 128
+    max_cache_len: int = 256
+    steps_per_sync: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AlgoSection:
+    advantage: str = "grpo"
+    n: int = 8
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float = 0.0
+    loss_agg: str = "token-mean"
+    kl_coef: float = 0.0
+    kl_type: str = "k3"
+    kl_in_reward: bool = False
+    kl_target: float = 0.0
+    kl_horizon: int = 10000
+    entropy_coef: float = 0.0
+    # DAPO dynamic sampling: drop groups whose rewards are all equal, oversample to refill.
+    dynamic_sampling: bool = False
+    max_oversample_rounds: int = 3
+    # Over-length responses (finish reason "length") are masked out of the loss.
+    mask_truncated: bool = False
+    recompute_old_logprobs: bool = False
+    w_reinforce_lambda: float = 0.1
+    gamma: float = 1.0
+    lam: float = 1.0
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainerSection:
+    steps: int = 100
+    prompts_per_step: int = 16
+    mini_batches: int = 1
+    epochs: int = 1
+    micro_batch_size: int = 0
+    log_every: int = 1
+    eval_every: int = 0
+
+
+@dataclass(frozen=True)
+class SFTSection:
+    # Warm start before RL (0 = none), or the whole job for kind=sft.
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    # Built-in task: fraction of demonstrations whose final answer is deliberately wrong,
+    # so the warm start imitates an imperfect solver rather than an oracle.
+    demo_error_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str = "math"
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class RewardsSection:
+    fns: tuple[RewardSpec, ...] = (RewardSpec(),)
+    timeout: float = 10.0
+    workers: int = 2
+    boxed_required: bool = True
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    datasets: tuple[str, ...] = ()
+    n: int = 1
+    k: tuple[int, ...] = (1,)
+    temperature: float = 0.0
+    max_new_tokens: int = 128
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class MeshSection:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every: int = 0
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = RunConfig()
+    model: ModelSection = ModelSection()
+    tokenizer: TokenizerSection = TokenizerSection()
+    data: DataSection = DataSection()
+    engine: EngineSection = EngineSection()
+    algo: AlgoSection = AlgoSection()
+    optim: OptimSection = OptimSection()
+    trainer: TrainerSection = TrainerSection()
+    sft: SFTSection = SFTSection()
+    rewards: RewardsSection = RewardsSection()
+    eval: EvalSection = EvalSection()
+    mesh: MeshSection = MeshSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp`, converting only where it loses nothing."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (elem, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(cls: type, key: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    where = f"{prefix}.{key}" if prefix else key
+    return ConfigError(f"unknown config key '{where}'.{hint} Valid keys"
+                       f"{' in ' + prefix if prefix else ''}: {', '.join(names)}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(cls, key, prefix)
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain YAML-able dict of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Place `value` at `a.b.c`, checking every part against the schema as it goes."""
+    parts = dotted.split(".")
+    cls: Any = Config
+    node = tree
+    for i, part in enumerate(parts):
+        prefix = ".".join(parts[:i])
+        if not (dataclasses.is_dataclass(cls)):
+            if cls is dict:  # free-form mapping (e.g. model.overrides.n_layers=2)
+                node = node.setdefault(part, {}) if i < len(parts) - 1 else node
+                if i == len(parts) - 1:
+                    node[part] = value
+                continue
+            raise ConfigError(f"'{dotted}': '{prefix}' is a value, not a section")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if part not in names:
+            raise _unknown_key(cls, part, prefix)
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        cls = typing.get_type_hints(cls)[part]
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. trainer.steps=3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        candidates = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml"))
+        raise ConfigError(f"config file not found: {path}. Configs shipped with rlx: "
+                          f"{', '.join(candidates)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Resolve a config: defaults <- YAML file <- `key=value` overrides (in order)."""
+    tree = load_yaml(path) if path else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        cfg = _build(Config, tree)
+    except ConfigError as e:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{e}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    if cfg.run.kind not in KINDS:
+        raise ConfigError(f"run.kind='{cfg.run.kind}' is not a job kind; choose one of {', '.join(KINDS)}")
+    positive = {"algo.n": cfg.algo.n, "trainer.prompts_per_step": cfg.trainer.prompts_per_step,
+                "trainer.mini_batches": cfg.trainer.mini_batches, "trainer.epochs": cfg.trainer.epochs,
+                "engine.max_new_tokens": cfg.engine.max_new_tokens,
+                "engine.max_concurrent_decodes": cfg.engine.max_concurrent_decodes}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
+    if cfg.trainer.steps < 0:
+        raise ConfigError(f"trainer.steps={cfg.trainer.steps} must be >= 0")
+    if cfg.engine.temperature < 0:
+        raise ConfigError(f"engine.temperature={cfg.engine.temperature} must be >= 0 (0 = greedy)")
+    if not 0 < cfg.engine.top_p <= 1:
+        raise ConfigError(f"engine.top_p={cfg.engine.top_p} must be in (0, 1]")
+    batch = cfg.trainer.prompts_per_step * cfg.algo.n
+    if batch % cfg.trainer.mini_batches:
+        raise ConfigError(f"trainer.prompts_per_step * algo.n = {batch} responses do not split into "
+                          f"trainer.mini_batches={cfg.trainer.mini_batches} equal mini-batches")
+    if cfg.trainer.micro_batch_size and (batch // cfg.trainer.mini_batches) % cfg.trainer.micro_batch_size:
+        raise ConfigError(f"mini-batch of {batch // cfg.trainer.mini_batches} responses is not a multiple "
+                          f"of trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
+    if cfg.engine.max_prefill_length + cfg.engine.max_new_tokens > cfg.engine.max_cache_len:
+        raise ConfigError(f"engine.max_cache_len={cfg.engine.max_cache_len} is smaller than "
+                          f"max_prefill_length + max_new_tokens = "
+                          f"{cfg.engine.max_prefill_length + cfg.engine.max_new_tokens}; raise it")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
