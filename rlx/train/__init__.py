@@ -1,0 +1,1 @@
+"""Training: the RL loop, SFT, train state and optimizer construction."""

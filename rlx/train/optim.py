@@ -1,0 +1,33 @@
+"""Optimizer construction: AdamW with warmup + cosine (or constant) and global-norm clipping."""
+
+from __future__ import annotations
+
+import optax
+
+SCHEDULES = ("cosine", "constant", "linear")
+
+
+def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
+                           schedule: str = "cosine", min_lr_ratio: float = 0.0) -> optax.Schedule:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule='{schedule}' is not one of {', '.join(SCHEDULES)}")
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup_steps, 1)
+    warm = optax.linear_schedule(0.0 if warmup_steps else lr, lr, max(warmup_steps, 1))
+    if schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay_steps, alpha=min_lr_ratio)
+    elif schedule == "linear":
+        main = optax.linear_schedule(lr, lr * min_lr_ratio, decay_steps)
+    else:
+        main = optax.constant_schedule(lr)
+    return optax.join_schedules([warm, main], [warmup_steps]) if warmup_steps else main
+
+
+def adamw(lr: float, total_steps: int, *, warmup_steps: int = 0, schedule: str = "cosine",
+          min_lr_ratio: float = 0.0, weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, grad_clip: float = 0.0) -> optax.GradientTransformation:
+    """AdamW on a schedule; `grad_clip` > 0 clips the global gradient norm first."""
+    sched = learning_rate_schedule(lr, total_steps, warmup_steps, schedule, min_lr_ratio)
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    return optax.chain(*parts)
