@@ -1,0 +1,115 @@
+"""PURE: min-form credit assignment with a process reward model (ALGORITHMS.md section 6).
+
+The host splits each response into steps (at "\\n\\n" and EOS) and gives either
+`step_end_BxK` (int32 position of each step's last token, -1 for a missing step; K static) or a
+per-token `step_ids_BxL` (-1 where a token is in no step) that `step_ends_from_step_ids` turns
+into step ends. Step k's reward lands on its last token (the separator or EOS), as in PURE.
+
+Flow: PR_BxK -> min_form_step_rewards -> scatter_step_rewards -> pure_advantages.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from rlx.kernels.advantages import (group_size, group_sum, last_token_onehot, masked_whiten,
+                                    reverse_cumsum, valid_token_mask)
+
+
+def step_scores_from_logits(prm_logits_BxKx2):
+    """PR = p(positive) - p(negative) from a two-class PRM head, in [-1, 1]."""
+    p = jax.nn.softmax(jnp.asarray(prm_logits_BxKx2, jnp.float32), axis=-1)
+    return p[..., 1] - p[..., 0]
+
+
+def softmin_weights(step_scores_BxK, step_mask_BxK, *, temperature=0.1):
+    """w_k = softmax_k(-PR_k / T) over the valid steps; 0 on missing steps (and empty rows)."""
+    valid = jnp.asarray(step_mask_BxK) > 0
+    z = jnp.where(valid, -jnp.asarray(step_scores_BxK, jnp.float32) / temperature, -jnp.inf)
+    zmax = jnp.max(z, axis=-1, keepdims=True)
+    zmax = jnp.where(jnp.isfinite(zmax), zmax, 0.0)
+    e = jnp.where(valid, jnp.exp(z - zmax), 0.0)
+    return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
+
+
+def min_form_step_rewards(step_scores_BxK, step_mask_BxK, *, temperature=0.1, weighted=True):
+    """r_k = w_k PR_k, so sum_k r_k ~ min_k PR_k; `weighted=False` gives r_k = PR_k (sum form)."""
+    pr = jnp.asarray(step_scores_BxK, jnp.float32) * (jnp.asarray(step_mask_BxK) > 0)
+    if not weighted:
+        return pr
+    return softmin_weights(pr, step_mask_BxK, temperature=temperature) * pr
+
+
+def step_ends_from_step_ids(step_ids_BxL, mask_BxL, *, num_steps):
+    """step_end_BxK: the last unmasked position carrying step id k, -1 if step k is absent."""
+    ids = jnp.asarray(step_ids_BxL, jnp.int32)
+    keep = (ids >= 0) & (jnp.asarray(mask_BxL) > 0)
+    pos = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+
+    def row(ids_L, keep_L, pos_L):
+        # Out-of-range segment ids are dropped by segment_max, so skipped tokens go to num_steps.
+        seg = jnp.where(keep_L, ids_L, num_steps)
+        return jax.ops.segment_max(jnp.where(keep_L, pos_L, -1), seg, num_segments=num_steps)
+
+    ends = jax.vmap(row)(ids, keep, pos)
+    return jnp.where(ends >= 0, ends, -1).astype(jnp.int32)
+
+
+def scatter_step_rewards(step_rewards_BxK, step_end_BxK, length):
+    """Place each step's reward on its last token.
+
+    Returns (token_rewards_BxL, step_end_mask_BxL).
+    """
+    ends = jnp.asarray(step_end_BxK, jnp.int32)
+    valid = ends >= 0
+    safe = jnp.where(valid, ends, 0)
+    rows = jnp.arange(ends.shape[0])[:, None]
+    r = jnp.where(valid, jnp.asarray(step_rewards_BxK, jnp.float32), 0.0)
+    zeros = jnp.zeros((ends.shape[0], length), jnp.float32)
+    token_r = zeros.at[rows, safe].add(r)
+    hits = zeros.at[rows, safe].add(valid.astype(jnp.float32))
+    return token_r, (hits > 0).astype(jnp.float32)
+
+
+def _rloo_center(x_B, group_ids_B):
+    """x_i - mean_{j != i, j in g} x_j; a group of one keeps x."""
+    n_B = group_size(group_ids_B)
+    others = (group_sum(x_B, group_ids_B) - x_B) / jnp.maximum(n_B - 1.0, 1.0)
+    return x_B - jnp.where(n_B > 1, others, 0.0)
+
+
+def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B, *,
+                    verifiable_B=None, vr_coef=1.0, zero_step_ends=False):
+    """PURE's RLOO ("step" baseline), verifiable reward at EOS, returns, global whitening.
+
+    For row i with S_i steps and step rewards r_ik (on step-end tokens): avg_i = sum_k r_ik / S_i;
+    r_ik -= (sum_{j in g} avg_j - avg_i) / (n - 1). VR_i in {-1, 0} is RLOO-centred the same way
+    and added, times vr_coef, on the last valid token. returns = reverse cumsum; advantages =
+    masked whitening of the returns over the batch. `zero_step_ends` (static) reproduces PURE's
+    code, which zeroes the returns on step-end tokens before whitening. Returns (adv, returns).
+    """
+    m = valid_token_mask(mask_BxL, group_ids_B)
+    ends = jnp.asarray(step_end_mask_BxL, jnp.float32) * m
+    r = jnp.asarray(token_rewards_BxL, jnp.float32) * ends
+    steps_B = jnp.sum(ends, axis=1)
+    avg_B = jnp.sum(r, axis=1) / jnp.maximum(steps_B, 1.0)
+    n_B = group_size(group_ids_B)
+    baseline_B = jnp.where(
+        n_B > 1, (group_sum(avg_B, group_ids_B) - avg_B) / jnp.maximum(n_B - 1.0, 1.0), 0.0)
+    total = (r - baseline_B[:, None]) * ends
+    if verifiable_B is not None:
+        vr = _rloo_center(jnp.asarray(verifiable_B, jnp.float32), group_ids_B)
+        total = total + vr_coef * vr[:, None] * last_token_onehot(m)
+    returns = reverse_cumsum(total * m)
+    if zero_step_ends:
+        returns = returns * (1.0 - ends)
+    return masked_whiten(returns, m) * m, returns * m
+
+
+def advantage_entry(*, mask_BxL, group_ids_B, token_rewards_BxL, step_end_mask_BxL,
+                    scores_B=None, values_BxL=None, vr_coef=1.0, zero_step_ends=False):
+    """Registry form: token_rewards_BxL = min-form step rewards on step-end tokens (from
+    scatter_step_rewards), step_end_mask_BxL alongside, scores_B = verifiable reward in {-1, 0}
+    (None: no verifiable reward)."""
+    del values_BxL
+    return pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
+                           verifiable_B=scores_B, vr_coef=vr_coef, zero_step_ends=zero_step_ends)
