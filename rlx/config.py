@@ -67,7 +67,11 @@ class DataSection:
     # Built-in task only: how many problems to generate for training and held-out evaluation.
     train_size: int = 20000
     heldout_size: int = 256
+    # Built-in task: operations per problem, and the demonstrator's imperfections -- the
+    # fraction of demonstrations that state only the answer, and of worked ones with a slip.
     difficulty: int = 3
+    shortcut_rate: float = 0.0
+    slip_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,6 @@ class SFTSection:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 20
-    # Built-in task: fraction of demonstrations whose final answer is deliberately wrong,
-    # so the warm start imitates an imperfect solver rather than an oracle.
-    demo_error_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,14 @@ class EvalSection:
     temperature: float = 0.0
     max_new_tokens: int = 128
     limit: int = 0
+    # Also decode one greedy response per problem (pass@1 greedy) beside the n samples.
+    greedy: bool = True
+    # Sampling filters for the n samples (temperature above); greedy ignores them.
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    # Only a \boxed{} answer counts (and votes in maj@k); else the last number etc. as well.
+    boxed_required: bool = False
 
 
 @dataclass(frozen=True)

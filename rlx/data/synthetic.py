@@ -1,7 +1,7 @@
 """The built-in task: left-to-right arithmetic chains with a verifiable `\\boxed{}` answer.
 
-    question: "Evaluate left to right: 12 + 7 * 3 - 5"
-    solution: "12 + 7 = 19\\n19 * 3 = 57\\n57 - 5 = 52\\n\\boxed{52}"
+    question: "12 + 7 * 3 - 5"          (operations apply left to right)
+    solution: "12+7=19\\n19*3=57\\n57-5=52\\n\\boxed{52}"
 
 Small enough for a tiny model on a laptop CPU, hard enough that answering in one shot fails
 while working step by step succeeds -- the gap RL for reasoning is about. Demonstrations for the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-PROMPT_PREFIX = "Evaluate left to right: "
 MAX_VALUE = 99
 OPS = ("+", "-", "*")
 
@@ -26,7 +25,7 @@ class ArithProblem:
 
     @property
     def question(self) -> str:
-        return PROMPT_PREFIX + " ".join([str(self.start)] + [f"{op} {v}" for op, v in self.steps])
+        return " ".join([str(self.start)] + [f"{op} {v}" for op, v in self.steps])
 
     def values(self) -> list[int]:
         out = [self.start]
@@ -61,7 +60,7 @@ def worked_solution(problem: ArithProblem, slip_at: int | None = None, slip: int
     lines, value = [], problem.start
     for i, (op, b) in enumerate(problem.steps):
         result = apply(value, op, b) + (slip if i == slip_at else 0)
-        lines.append(f"{value} {op} {b} = {result}")
+        lines.append(f"{value}{op}{b}={result}")
         value = result
     lines.append(f"\\boxed{{{value}}}")
     return "\n".join(lines)

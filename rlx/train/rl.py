@@ -1,0 +1,130 @@
+"""`python -m rlx.launch train CONFIG`: warm start (optional), evaluate, RL, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from rlx.build import build_model
+from rlx.checkpoint import Checkpointer
+from rlx.config import Config, dump_yaml, to_dict
+from rlx.engine import rollout
+from rlx.metrics import MetricsWriter, Progress, is_chief, prepare_run_dir, write_json
+from rlx.train import report
+from rlx.train.sft import SFTExample, train_sft
+from rlx.train.task import Task, build_task, cache_dir
+from rlx.train.trainer import RLTrainer
+
+
+def heldout_accuracy(trainer: RLTrainer, records: list[dict], *, temperature: float, seed: int = 0) -> float:
+    """Fraction of held-out problems answered correctly, greedy (temperature 0) or sampled."""
+    if not records:
+        return float("nan")
+    prompts = trainer.task.encode_prompts(records, trainer.cfg.data.template)
+    e = trainer.cfg.engine
+    ro = rollout(None, prompts, n=1, max_new_tokens=e.max_new_tokens, temperature=temperature,
+                 top_p=e.top_p if temperature else 1.0, top_k=e.top_k if temperature else 0, seed=seed,
+                 stop=e.stop, tokenizer=trainer.tokenizer, engine=trainer.engine)
+    texts = [trainer.tokenizer.decode(r[m.astype(bool)].tolist()) for r, m in zip(ro.response_ids, ro.response_mask)]
+    _, correct, _ = trainer.rewards([records[g] for g in ro.group_ids], texts)
+    return float(np.mean(correct))
+
+
+def evaluate(trainer: RLTrainer, task: Task, seed: int) -> dict:
+    return {"greedy": heldout_accuracy(trainer, task.heldout, temperature=0.0),
+            "sampled": heldout_accuracy(trainer, task.heldout, temperature=trainer.cfg.engine.temperature or 1.0,
+                                        seed=seed)}
+
+
+def warm_start(cfg: Config, model, task: Task, progress_desc: str = "SFT warm start"):
+    """Short SFT on the task's demonstrations; cached, so a second run loads the weights."""
+    from rlx import models
+
+    cache = cache_dir(cfg, "sft", to_dict(cfg.model), to_dict(cfg.sft), to_dict(cfg.data), cfg.run.seed)
+    if (cache / "config.json").exists():
+        return models.from_hf(cache, dtype=cfg.model.dtype), json.loads((cache / "sft.json").read_text())
+    examples = [SFTExample(tuple(task.tokenizer.encode(task.prompt_text(r, cfg.data.template))),
+                           tuple(task.tokenizer.encode(text)) + (task.tokenizer.eos_id,))
+                for r, text in task.demos]
+    progress = Progress(cfg.sft.steps, progress_desc)
+    t0 = time.perf_counter()
+    model, losses = train_sft(model, examples, steps=cfg.sft.steps, batch_size=cfg.sft.batch_size,
+                              lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, seed=cfg.run.seed,
+                              progress=progress)
+    progress.close()
+    info = {"sft_loss_first": losses[0], "sft_loss_last": float(np.mean(losses[-10:])),
+            "sft_seconds": time.perf_counter() - t0, "sft_examples": len(examples)}
+    if is_chief():
+        models.to_hf(model, cache)
+        (cache / "sft.json").write_text(json.dumps(info))
+    return model, info
+
+
+def run(cfg: Config) -> dict:
+    t_start = time.perf_counter()
+    run_dir = prepare_run_dir(cfg.run_dir, dump_yaml(cfg))
+    task = build_task(cfg)
+    overrides = {"vocab_size": task.tokenizer.vocab_size} if cfg.data.task == "arith" else {}
+    model = build_model(cfg.model, seed=cfg.run.seed, **overrides)
+    sft_info = {}
+    if cfg.sft.steps and task.demos:
+        model, sft_info = warm_start(cfg, model, task)
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
+                                async_save=cfg.checkpoint.async_save)
+    trainer = RLTrainer(cfg, model, task, checkpointer=checkpointer)
+    before_path = run_dir / "eval_before.json"
+    resumed = cfg.run.resume and trainer.restore()
+    if resumed and before_path.exists():
+        before = json.loads(before_path.read_text())
+    else:
+        before = evaluate(trainer, task, cfg.run.seed)
+        write_json(before_path, before)
+    progress = Progress(cfg.trainer.steps, f"{cfg.algo.advantage.upper()} ", initial=trainer.step_count)
+    if resumed:
+        progress.write(f"resumed from step {trainer.step_count} in {checkpointer.directory}")
+    writer = MetricsWriter(run_dir)
+    history = report.load_history(run_dir) if resumed else []
+    try:
+        while trainer.step_count < cfg.trainer.steps:
+            metrics = trainer.step()
+            step = trainer.step_count
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
+                metrics["eval/heldout_greedy"] = heldout_accuracy(trainer, task.heldout, temperature=0.0)
+            writer.write(step, metrics)
+            history.append({"step": step, **metrics})
+            progress.update(metrics)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                trainer.save()
+    finally:
+        progress.close()
+        writer.close()
+    trainer.save(force=True)
+    checkpointer.close()
+    after = evaluate(trainer, task, cfg.run.seed)
+    final_dir = run_dir / "final"
+    if is_chief():
+        from rlx import models
+
+        models.to_hf(trainer_model(trainer), final_dir)
+        task.tokenizer.save(final_dir)
+    summary = {
+        "heldout_accuracy_before": before["greedy"], "heldout_accuracy_after": after["greedy"],
+        "heldout_sampled_accuracy_before": before["sampled"], "heldout_sampled_accuracy_after": after["sampled"],
+        "heldout_size": len(task.heldout), "steps": trainer.step_count, "algo": cfg.algo.advantage,
+        "wall_seconds": time.perf_counter() - t_start, "final_model": str(final_dir), **sft_info,
+        "reward_curve": [h.get("reward/mean") for h in history],
+    }
+    write_json(run_dir / "summary.json", summary)
+    if is_chief():
+        report.plot_curves(history, before, after, run_dir / "curves.png")
+        print(report.table(summary))
+        print(f"results: {run_dir}/ (summary.json, curves.png, metrics.jsonl, tb/, checkpoints/, final/)")
+    return summary
+
+
+def trainer_model(trainer: RLTrainer):
+    from flax import nnx
+
+    return nnx.merge(trainer.graphdef, trainer.params)
