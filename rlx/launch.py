@@ -20,7 +20,7 @@ JOBS = {
     "train": ("rlx.train.rl", "RL training (GRPO family, PRIME, EMPO, ...)"),
     "sft": ("rlx.train.sft", "supervised fine-tuning"),
     "eval": ("rlx.evaluate", "evaluate a model on datasets: pass@k, maj@k"),
-    "serve": ("rlx.engine.jetstream_adapter", "serve a model with JetStream's gRPC server"),
+    "serve": ("rlx.serve", "serve a model with JetStream's gRPC server"),
     "plan": ("rlx.plan", "per-device memory plan for each role on a mesh"),
     "bench": ("rlx.bench", "throughput benchmarks"),
 }

@@ -139,10 +139,12 @@ class _Driver:
         return state
 
     def _prefill(self, want: int) -> None:
-        """Prefill the next `want` prompts (padded to a power-of-two count to bound compiles)."""
+        """Prefill the next prompts, always as one fixed-size batch: a rollout compiles one
+        prefill per prompt bucket, and prompts beyond `want` wait in `pending` for free slots."""
         first = self.next_prompt
-        real = min(want, len(self.prompts) - first)
-        count = pick_bucket(pow2_buckets(1, 1 << 30), real)
+        count = pick_bucket(pow2_buckets(1, 1 << 30), max(1, self.engine.max_concurrent_decodes // self.n))
+        real = min(max(want, count), len(self.prompts) - first)
+        count = max(count, pick_bucket(pow2_buckets(1, 1 << 30), real))
         idx = [first + min(i, real - 1) for i in range(count)]
         keys = jax.vmap(lambda i: jax.random.fold_in(self.base_key, i))(np.asarray(idx, np.uint32))
         prefix = self.engine.prefill_batch(None, [self.prompts[i] for i in idx], keys,
