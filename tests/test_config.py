@@ -96,3 +96,12 @@ def test_cli_help_lists_kinds():
     assert proc.returncode == 0
     for kind in ("train", "sft", "eval", "serve", "plan", "bench"):
         assert kind in proc.stdout
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_states_how_to_run_it(path):
+    cfg = load_config(path)
+    header = path.read_text().split("\n\n")[0]
+    for word in ("Command:", "Hardware:", "Expected:"):
+        assert word in header, f"{path.name}: header lacks '{word}'"
+    assert cfg.run.name

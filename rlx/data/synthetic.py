@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-MAX_VALUE = 99
+MAX_VALUE = 40
+MAX_OPERAND = 6
 OPS = ("+", "-", "*")
 
 
@@ -43,11 +44,12 @@ def apply(a: int, op: str, b: int) -> int:
 
 
 def sample_problem(rng: random.Random, n_ops: int) -> ArithProblem:
-    """Operands 2..9 on a running value kept within 0..MAX_VALUE (so every fact is learnable)."""
+    """Operands 2..MAX_OPERAND on a running value kept within 0..MAX_VALUE: a few hundred
+    distinct one-step facts, so a tiny model learns every step while chaining stays hard."""
     start = rng.randint(2, 20)
     value, steps = start, []
     while len(steps) < n_ops:
-        op, b = rng.choice(OPS), rng.randint(2, 9)
+        op, b = rng.choice(OPS), rng.randint(2, MAX_OPERAND)
         result = apply(value, op, b)
         if 0 <= result <= MAX_VALUE:
             steps.append((op, b))
