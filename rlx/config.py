@@ -60,6 +60,7 @@ class DataSection:
     task: str = "arith"
     path: str = ""
     question_field: str = "question"
+    # "" = the set has no answers (label-free training such as EMPO; accuracy is then NaN).
     answer_field: str = "answer"
     template: str = "plain"
     max_prompt_len: int = 128
@@ -153,11 +154,54 @@ class RewardSpec:
 
 
 @dataclass(frozen=True)
+class EmpoSection:
+    """The "empo" reward (label-free semantic entropy, ALGORITHMS.md section 5)."""
+
+    # How a group's answers are clustered: "math" (the verifier's equivalence), "exact" (string
+    # match, the reference code's behaviour) or "module:function", a judge(a, b) -> bool for
+    # free-form answers, importable in a fresh Python process.
+    equivalence: str = "math"
+    # Seconds per equivalence check (math's symbolic path); a check that runs over counts as
+    # "different".
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
 class RewardsSection:
     fns: tuple[RewardSpec, ...] = (RewardSpec(),)
     timeout: float = 10.0
     workers: int = 2
     boxed_required: bool = True
+    empo: EmpoSection = EmpoSection()
+
+
+@dataclass(frozen=True)
+class PrimeSection:
+    """PRIME (algo.advantage=prime): the implicit PRM, its online update and the prompt filter."""
+
+    beta: float = 0.05
+    # The PRM's own AdamW (constant schedule): PRIME's recipe is lr 1e-6, grad clip 10, no decay.
+    prm_lr: float = 1.0e-6
+    prm_grad_clip: float = 10.0
+    prm_weight_decay: float = 0.0
+    # "after": the rewards come from the PRM's forward pass of its update (one forward, PRIME's
+    # recipe); "before": update first, then score again with the updated PRM.
+    update: str = "after"
+    # "sft": a frozen copy of the starting actor; "old_policy": the actor's rollout log-probs.
+    reference: str = "sft"
+    # "token": r_t = beta q_t on every token; "whole": their sum on the last token.
+    granularity: str = "token"
+    process_coef: float = 5.0
+    outcome_coef: float = 5.0
+    # Divide the process rewards by the batch's largest |return| (verl's PRIME default).
+    batch_norm: bool = True
+    # Online prompt filter: keep a group iff acc_low <= mean accuracy <= acc_high.
+    filter: bool = True
+    acc_low: float = 0.2
+    acc_high: float = 0.8
+    drop_truncated: bool = False
+    # Rounds of trainer.prompts_per_step prompts drawn at most to fill a step (4 = 4x oversampling).
+    oversample: int = 4
 
 
 @dataclass(frozen=True)
@@ -193,6 +237,20 @@ class CheckpointSection:
 
 
 @dataclass(frozen=True)
+class PlanSection:
+    # `python -m rlx.launch plan`: memory per device before renting the hardware.
+    # device sets the HBM per device (v4, v5e, v5p, v6e, a100, h100, h200) unless hbm_gib > 0.
+    device: str = "v5p"
+    hbm_gib: float = 0.0
+    # Devices per mesh; 0 = the product of the mesh axes (then none of them may be -1).
+    devices: int = 0
+    # True: every role (actor, reference, PRM, engine) on one mesh; False: each on its own.
+    colocated: bool = True
+    # Fraction of HBM kept free for XLA's temporaries and fragmentation.
+    headroom: float = 0.1
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = RunConfig()
     model: ModelSection = ModelSection()
@@ -204,9 +262,11 @@ class Config:
     trainer: TrainerSection = TrainerSection()
     sft: SFTSection = SFTSection()
     rewards: RewardsSection = RewardsSection()
+    prime: PrimeSection = PrimeSection()
     eval: EvalSection = EvalSection()
     mesh: MeshSection = MeshSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    plan: PlanSection = PlanSection()
 
     @property
     def run_dir(self) -> Path:

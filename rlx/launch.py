@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     module_name, _ = JOBS[cfg.run.kind]
+    if cfg.run.kind != "plan":  # planning needs no devices, even for a 256-chip mesh
+        from rlx.distributed import maybe_initialize
+
+        maybe_initialize()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
