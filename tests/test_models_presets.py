@@ -65,7 +65,7 @@ def test_small_shapes():
 
 
 def test_presets_equal_published_hf_configs():
-    assert config_from_hf(HF_QWEN25_05B).replace(max_seq_len=32768) == load_config("qwen2.5-0.5b")
+    assert config_from_hf(HF_QWEN25_05B) == load_config("qwen2.5-0.5b")
     assert config_from_hf(HF_LLAMA31_8B) == load_config("llama-3.1-8b")
 
 

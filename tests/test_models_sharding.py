@@ -65,7 +65,8 @@ for path in sys.argv[1:]:
 
 single = from_preset("tiny", n_layers=2)
 sharded = from_preset("tiny", n_layers=2, mesh=make_mesh(fsdp=4, tensor=-1))
-same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(single)), jax.tree.leaves(nnx.state(sharded))))
+pairs = zip(jax.tree.leaves(nnx.state(single)), jax.tree.leaves(nnx.state(sharded)))
+same = all(np.array_equal(a, b) for a, b in pairs)
 results["init"] = dict(same=same, w_up_shard=list(sharded.layers.w_up[...].addressable_shards[0].data.shape))
 print("RESULTS", json.dumps(results))
 """

@@ -65,7 +65,8 @@ class ModelConfig:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        for field, allowed in (("family", FAMILIES), ("dtype", DTYPES), ("param_dtype", DTYPES), ("remat", REMAT_POLICIES)):
+        choices = {"family": FAMILIES, "dtype": DTYPES, "param_dtype": DTYPES, "remat": REMAT_POLICIES}
+        for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
 
