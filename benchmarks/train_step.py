@@ -31,6 +31,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from grpo_update import bench_rlx_grpo_update, bench_torch_grpo_update, grpo_batch  # noqa: E402
 from rlx.models import ModelConfig, Transformer, from_preset, param_count, to_hf  # noqa: E402
 
 
@@ -131,6 +132,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compile) one")
     parser.add_argument("--remat", default="none")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--skip-grpo", action="store_true", help="skip the GRPO update-step rows")
     args = parser.parse_args(argv)
 
     model = from_preset(args.shape, seed=0, remat=args.remat)
@@ -148,6 +150,16 @@ def main(argv=None) -> None:
         rows.append(("torch fwd+bwd", bench_torch_fwd_bwd(model, ids, args.steps)))
     print_table(rows, flops, tokens, peak, baseline=rows[-1][0])
     print(f"(first rlx step incl. compile: {rows[0][1]['first_s']:.1f} s; speedup is vs {rows[-1][0]})")
+    if args.skip_grpo:
+        return
+    # The whole GRPO update (PPO-clip loss on the last 3/4 of each sequence, grad-norm clip,
+    # AdamW): its FLOPs are the fwd+bwd's plus the optimizer's, which are negligible.
+    batch = grpo_batch(cfg.vocab_size, args.batch, args.seq, args.seq * 3 // 4)
+    rows = [("rlx GRPO update", bench_rlx_grpo_update(model, batch, _timed, args.steps))]
+    if not args.skip_torch:
+        rows.append(("torch GRPO update", bench_torch_grpo_update(model, batch, _timed, args.steps)))
+    print()
+    print_table(rows, flops, tokens, peak, baseline=rows[-1][0])
 
 
 if __name__ == "__main__":
