@@ -26,6 +26,8 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, host: dict | None = None, *, force: bool = False) -> None:
+        if step in self._manager.all_steps():
+            return  # a run's final save after a periodic one at the same step: already written
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   host=ocp.args.JsonSave(host or {}))
         self._manager.save(step, args=args, force=force)

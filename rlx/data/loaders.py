@@ -72,7 +72,10 @@ def load_eval(name: str, *, root: str | os.PathLike | None = None, limit: int | 
 
 def load_records(path: str | os.PathLike, *, question_field: str = "question", answer_field: str = "answer",
                  id_field: str | None = None, limit: int | None = None) -> list[dict]:
-    """Records from a .jsonl / .json (a list of objects) / .parquet file with the given fields."""
+    """Records from a .jsonl / .json (a list of objects) / .parquet file with the given fields.
+
+    `answer_field=""` reads a set without answers (label-free training, e.g. EMPO): every
+    record's answer is None."""
     path = Path(path)
     if not path.is_file():
         hint = ("set RLX_DATA_DIR to the folder holding eval/" if path.parent.name == "eval"
@@ -83,14 +86,16 @@ def load_records(path: str | os.PathLike, *, question_field: str = "question", a
         rows = rows[:limit]
     out = []
     for i, row in enumerate(rows):
-        for field in (question_field, answer_field) + ((id_field,) if id_field else ()):
+        for field in (question_field, *(f for f in (answer_field, id_field) if f)):
             if field not in row:
                 raise KeyError(f"{path}: record {i} has no field {field!r}; fields available: "
-                               f"{sorted(row)}; set data.question_field / data.answer_field to one of them")
+                               f"{sorted(row)}; set data.question_field / data.answer_field to one of them "
+                               "(data.answer_field='' for a set without answers)")
         ident = str(row[id_field]) if id_field else f"{path.stem}-{i}"
         extra = {k: v for k, v in row.items() if k not in ("id", "question", "answer", "answer_raw")}
+        raw = row[answer_field] if answer_field else None
         out.append({"id": ident, "question": row[question_field],
-                    "answer": normalize_answer(row[answer_field]), "answer_raw": row[answer_field], **extra})
+                    "answer": None if raw is None else normalize_answer(raw), "answer_raw": raw, **extra})
     return out
 
 

@@ -13,6 +13,7 @@ from rlx.config import Config, dump_yaml, to_dict
 from rlx.engine import rollout
 from rlx.metrics import MetricsWriter, Progress, is_chief, prepare_run_dir, write_json
 from rlx.train import report
+from rlx.train.prime import trainer_class
 from rlx.train.sft import SFTExample, train_sft
 from rlx.train.task import Task, build_task, cache_dir
 from rlx.train.trainer import RLTrainer
@@ -73,7 +74,7 @@ def run(cfg: Config) -> dict:
         model, sft_info = warm_start(cfg, model, task)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                 async_save=cfg.checkpoint.async_save)
-    trainer = RLTrainer(cfg, model, task, checkpointer=checkpointer)
+    trainer = trainer_class(cfg)(cfg, model, task, checkpointer=checkpointer)
     before_path = run_dir / "eval_before.json"
     resumed = cfg.run.resume and trainer.restore()
     if resumed and before_path.exists():

@@ -27,7 +27,7 @@ from rlx.train.rewards import RewardScorer
 from rlx.train.update import LossSpec, score, train_step
 
 OUTCOME_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline",
-                      "w_reinforce", "psr", "nsr")
+                      "w_reinforce", "psr", "nsr", "empo")
 
 
 @dataclass
@@ -56,10 +56,12 @@ def loss_spec(cfg: Config, micro_batches: int) -> LossSpec:
 
 
 class RLTrainer:
+    estimators = OUTCOME_ESTIMATORS  # what this class's `_advantages` handles (subclasses add)
+
     def __init__(self, cfg: Config, model: nnx.Module, task, *, checkpointer: Checkpointer | None = None):
-        if cfg.algo.advantage not in OUTCOME_ESTIMATORS:
+        if cfg.algo.advantage not in self.estimators:
             raise ConfigError(f"algo.advantage='{cfg.algo.advantage}' is not available in the RL loop; "
-                              f"choose one of {', '.join(OUTCOME_ESTIMATORS)}")
+                              f"choose one of {', '.join(self.estimators)}")
         self.cfg, self.task = cfg, task
         self.tokenizer = task.tokenizer
         self.graphdef, params = nnx.split(model)
@@ -103,7 +105,7 @@ class RLTrainer:
         texts = [self.tokenizer.decode(r[m.astype(bool)].tolist())
                  for r, m in zip(ro.response_ids, ro.response_mask)]
         rows = [records[g] for g in ro.group_ids]
-        scores, correct, reward_metrics = self.rewards(rows, texts)
+        scores, correct, reward_metrics = self.rewards(rows, texts, group_ids=ro.group_ids)
         truncated = np.asarray(ro.finish_reason) == "length"
         if self.cfg.algo.mask_truncated:
             ro_mask = ro.response_mask * (~truncated)[:, None]
@@ -118,21 +120,30 @@ class RLTrainer:
         want = self.cfg.trainer.prompts_per_step
         n = self.cfg.algo.n
         parts, metrics, seen, kept = [], {}, 0, 0
-        rounds = 1 + (self.cfg.algo.max_oversample_rounds if self.cfg.algo.dynamic_sampling else 0)
-        for r in range(rounds):
+        for r in range(self._sampling_rounds()):
             sb, metrics_r = self._sample(self.stream.next(), seed=_seed(self.cfg.run.seed, step, r))
             metrics = metrics or metrics_r
             seen += want
-            keep = np.ones(want, bool)
-            if self.cfg.algo.dynamic_sampling:
-                s = sb.scores.reshape(want, n)
-                keep = ~np.all(s == s[:, :1], axis=1)
+            keep = self._keep_groups(sb)
             kept += int(keep.sum())
             parts.append((sb, keep))
             if kept >= want:
                 break
         metrics["filter/kept_fraction"] = kept / max(seen, 1)
         return _assemble(parts, want, n), metrics
+
+    def _sampling_rounds(self) -> int:
+        """Most rounds of prompts `_collect` draws to fill a step (a hook for subclasses)."""
+        return 1 + (self.cfg.algo.max_oversample_rounds if self.cfg.algo.dynamic_sampling else 0)
+
+    def _keep_groups(self, sb: StepBatch) -> np.ndarray:
+        """Which of a round's groups may enter the batch, one bool per prompt (a hook for
+        subclasses); with dynamic sampling, those whose rewards are not all equal."""
+        want, n = self.cfg.trainer.prompts_per_step, self.cfg.algo.n
+        if not self.cfg.algo.dynamic_sampling:
+            return np.ones(want, bool)
+        s = sb.scores.reshape(want, n)
+        return ~np.all(s == s[:, :1], axis=1)
 
     def step(self) -> dict:
         cfg, t = self.cfg, {}
@@ -223,6 +234,10 @@ class RLTrainer:
     def train_state(self) -> dict:
         return {"params": self.params, "opt_state": self.opt_state}
 
+    def set_train_state(self, state: dict) -> None:
+        """Adopt a restored `train_state()` (subclasses with more roles extend both)."""
+        self.params, self.opt_state = state["params"], state["opt_state"]
+
     def save(self, *, force: bool = False) -> None:
         if self.checkpointer is not None:
             host = {"step": self.step_count, "data": self.stream.get_state(), "kl_coef": self.kl_coef}
@@ -233,7 +248,7 @@ class RLTrainer:
         if self.checkpointer is None or self.checkpointer.latest_step() is None:
             return False
         _, state, host = self.checkpointer.restore(self.train_state())
-        self.params, self.opt_state = state["params"], state["opt_state"]
+        self.set_train_state(state)
         self.step_count = int(host["step"])
         self.kl_coef = float(host["kl_coef"])
         self.stream.set_state(host["data"])
