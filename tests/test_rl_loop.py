@@ -117,3 +117,17 @@ def test_dynamic_sampling_keeps_informative_groups_and_pads_the_rest():
     short = _assemble([(first, keep1)], want=3, n=n)
     np.testing.assert_array_equal(short.group_ids, [0, 0, -1, -1, -1, -1])
     assert short.response_mask[2:].sum() == 0 and short.response_mask[:2].sum() == 4
+
+
+def test_a_fresh_run_never_overwrites_an_existing_runs_checkpoints(tmp_path):
+    from rlx.config import ConfigError
+    from rlx.train import rl
+
+    cfg = load_config(None, SMALL + [f"run.out_dir={tmp_path}", "run.name=taken", "run.resume=false"])
+    ckpt = Checkpointer(cfg.run_dir / "checkpoints", async_save=False)
+    ckpt.save(5, {"x": jnp.zeros(2)})
+    ckpt.close()
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        rl.run(cfg)
+    assert Checkpointer(cfg.run_dir / "checkpoints").latest_step() == 5
+    assert not (cfg.run_dir / "config.yaml").exists()

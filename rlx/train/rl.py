@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from rlx.build import build_model
+from rlx.build import build_mesh, build_model
 from rlx.checkpoint import Checkpointer
-from rlx.config import Config, dump_yaml, to_dict
+from rlx.config import Config, ConfigError, dump_yaml, to_dict
 from rlx.engine import rollout
 from rlx.metrics import MetricsWriter, Progress, is_chief, prepare_run_dir, write_json
 from rlx.train import report
@@ -39,13 +39,13 @@ def evaluate(trainer: RLTrainer, task: Task, seed: int) -> dict:
                                         seed=seed)}
 
 
-def warm_start(cfg: Config, model, task: Task, progress_desc: str = "SFT warm start"):
+def warm_start(cfg: Config, model, task: Task, mesh=None, progress_desc: str = "SFT warm start"):
     """Short SFT on the task's demonstrations; cached, so a second run loads the weights."""
     from rlx import models
 
     cache = cache_dir(cfg, "sft", to_dict(cfg.model), to_dict(cfg.sft), to_dict(cfg.data), cfg.run.seed)
     if (cache / "config.json").exists():
-        return models.from_hf(cache, dtype=cfg.model.dtype), json.loads((cache / "sft.json").read_text())
+        return models.from_hf(cache, dtype=cfg.model.dtype, mesh=mesh), json.loads((cache / "sft.json").read_text())
     examples = [SFTExample(tuple(task.tokenizer.encode(task.prompt_text(r, cfg.data.template))),
                            tuple(task.tokenizer.encode(text)) + (task.tokenizer.eos_id,))
                 for r, text in task.demos]
@@ -65,15 +65,21 @@ def warm_start(cfg: Config, model, task: Task, progress_desc: str = "SFT warm st
 
 def run(cfg: Config) -> dict:
     t_start = time.perf_counter()
+    checkpointer = Checkpointer(cfg.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
+                                async_save=cfg.checkpoint.async_save)
+    if not cfg.run.resume and checkpointer.latest_step() is not None:
+        raise ConfigError(f"{cfg.run_dir} already holds checkpoints (latest step {checkpointer.latest_step()}) and "
+                          f"run.resume=false would overwrite them; choose a new run.name, delete the "
+                          f"directory, or set run.resume=true to continue that run")
     run_dir = prepare_run_dir(cfg.run_dir, dump_yaml(cfg))
     task = build_task(cfg)
     overrides = {"vocab_size": task.tokenizer.vocab_size} if cfg.data.task == "arith" else {}
-    model = build_model(cfg.model, seed=cfg.run.seed, **overrides)
+    # Actor, reference and engine share one mesh; parameters are created in their shardings.
+    mesh = build_mesh(cfg.mesh)
+    model = build_model(cfg.model, seed=cfg.run.seed, mesh=mesh, **overrides)
     sft_info = {}
     if cfg.sft.steps and task.demos:
-        model, sft_info = warm_start(cfg, model, task)
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
-                                async_save=cfg.checkpoint.async_save)
+        model, sft_info = warm_start(cfg, model, task, mesh)
     trainer = trainer_class(cfg)(cfg, model, task, checkpointer=checkpointer)
     before_path = run_dir / "eval_before.json"
     resumed = cfg.run.resume and trainer.restore()
