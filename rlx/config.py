@@ -130,6 +130,9 @@ class OptimSection:
 @dataclass(frozen=True)
 class TrainerSection:
     steps: int = 100
+    # Seed of the RL phase alone (prompt order, sampling, mini-batch order); -1 = run.seed.
+    # Varying it keeps the task, tokenizer and warm start fixed (and cached) across seeds.
+    seed: int = -1
     prompts_per_step: int = 16
     mini_batches: int = 1
     epochs: int = 1

@@ -1,7 +1,7 @@
 """The RL trainer: rollout -> rewards -> reference log-probs -> advantages -> filtering ->
 updates -> weight sync, one `step()` at a time, checkpointable between steps.
 
-Every random choice in a step derives from (run seed, step), so a run restored from a
+Every random choice in a step derives from (RL seed, step), so a run restored from a
 checkpoint continues exactly as the uninterrupted run would have.
 """
 
@@ -89,7 +89,8 @@ class RLTrainer:
             max_cache_len=e.max_cache_len, steps_per_sync=e.steps_per_sync, sampling=self.sampling,
             eos_ids=tuple(self.tokenizer.eos_ids)))
         self.engine.update_params(self.params)
-        self.stream = PromptStream(task.train, cfg.trainer.prompts_per_step, seed=cfg.run.seed,
+        self.seed = cfg.trainer.seed if cfg.trainer.seed >= 0 else cfg.run.seed
+        self.stream = PromptStream(task.train, cfg.trainer.prompts_per_step, seed=self.seed,
                                    shuffle=cfg.data.shuffle)
         self.rewards = RewardScorer(cfg.rewards)
         self.checkpointer = checkpointer
@@ -121,7 +122,7 @@ class RLTrainer:
         n = self.cfg.algo.n
         parts, metrics, seen, kept = [], {}, 0, 0
         for r in range(self._sampling_rounds()):
-            sb, metrics_r = self._sample(self.stream.next(), seed=_seed(self.cfg.run.seed, step, r))
+            sb, metrics_r = self._sample(self.stream.next(), seed=_seed(self.seed, step, r))
             metrics = metrics or metrics_r
             seen += want
             keep = self._keep_groups(sb)
@@ -130,6 +131,7 @@ class RLTrainer:
             if kept >= want:
                 break
         metrics["filter/kept_fraction"] = kept / max(seen, 1)
+        metrics["rollout/sequences"] = float(seen * n)
         return _assemble(parts, want, n), metrics
 
     def _sampling_rounds(self) -> int:
@@ -209,7 +211,7 @@ class RLTrainer:
         cfg = self.cfg
         batch = device["ids"].shape[0]
         mini = batch // cfg.trainer.mini_batches
-        rng = np.random.default_rng(_seed(cfg.run.seed, step, 99))
+        rng = np.random.default_rng(_seed(self.seed, step, 99))
         sums: dict[str, float] = {}
         count = 0
         for _ in range(cfg.trainer.epochs):
