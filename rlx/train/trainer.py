@@ -264,7 +264,7 @@ def _seed(seed: int, step: int, salt: int) -> int:
 
 def _assemble(parts: list[tuple[StepBatch, np.ndarray]], want: int, n: int) -> StepBatch:
     """The first `want` kept groups; short of that, padding groups (group id -1, no loss)."""
-    rows, records, pad_rows = [], [], []
+    rows, records = [], []
     for sb, keep in parts:
         for g in np.flatnonzero(keep):
             if len(records) < want:
