@@ -15,9 +15,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rlx.kernels.policy_loss import token_logprobs
 from rlx.train import batch as layout
 from rlx.train.optim import adamw
+from rlx.train.update import score_logprobs
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,7 @@ def make_batch(examples: list[SFTExample], prompt_width: int, response_width: in
 
 def sft_loss(params, graphdef, batch):
     """Mean negative log-likelihood of the response tokens."""
-    model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(batch["ids"], batch["positions"], batch["mask"])
-    width = batch["response_mask"].shape[1]
-    logits_BxRxV = logits_BxTxV[:, -width - 1:-1]
-    response_ids_BxR = batch["ids"][:, -width:]
-    logp_BxR = token_logprobs(logits_BxRxV, response_ids_BxR, 1.0)
+    logp_BxR = score_logprobs(graphdef, params, batch, 1.0)
     mask_BxR = batch["response_mask"].astype(jnp.float32)
     return -(logp_BxR * mask_BxR).sum() / jnp.maximum(mask_BxR.sum(), 1.0)
 
