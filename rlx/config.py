@@ -82,6 +82,14 @@ class EngineSection:
     min_p: float = 0.0
     max_new_tokens: int = 128
     stop: tuple[str, ...] = ()
+    # Temperature by entropy (AceReason-Nemotron 1.1): the mean token entropy of softmax(z / T)
+    # on each step's rollouts is logged as rollout/entropy; with temperature_control, T then
+    # moves towards target_entropy: T <- clip(T exp(rate (target - H) / target), min, max).
+    temperature_control: bool = False
+    target_entropy: float = 0.3
+    temperature_rate: float = 0.5
+    min_temperature: float = 0.1
+    max_temperature: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,9 @@ class AlgoSection:
     # DAPO dynamic sampling: drop groups whose rewards are all equal, oversample to refill.
     dynamic_sampling: bool = False
     max_oversample_rounds: int = 3
+    # What "all equal" compares: "score" (the rewards) or "correct" (0 < #correct < n, CAMPO's
+    # rule, which a repetition penalty cannot defeat).
+    dynamic_sampling_metric: str = "score"
     # Over-length responses (finish reason "length") are masked out of the loss.
     mask_truncated: bool = False
     recompute_old_logprobs: bool = False
@@ -203,6 +214,50 @@ class PrimeSection:
 
 
 @dataclass(frozen=True)
+class PureSection:
+    """PURE (algo.advantage=pure): min-form credit assignment on the implicit PRM's step scores.
+
+    The PRM, its reference and its online update are the `prime` section's (beta, prm_lr, ...).
+    """
+
+    # A response splits into steps after each separator (and at its end).
+    separators: tuple[str, ...] = ("\n\n",)
+    max_steps: int = 64
+    # Step score in [-1, 1] from the implicit PRM: "prefix" = 2 sigmoid(beta sum_{t <= end_k} q_t) - 1
+    # (its probability that the solution so far is right), "step" = the same on step k's tokens alone.
+    step_score: str = "prefix"
+    # Softmin temperature; weighting "min" (r_k = w_k PR_k) or "sum" (r_k = PR_k, the ablation).
+    temperature: float = 0.1
+    weighting: str = "min"
+    # RLOO baseline on each response's mean step reward ("step") or mean token reward ("token").
+    baseline: str = "step"
+    # Verifiable reward VR = correct - 1 in {-1, 0}, RLOO-centred, added at EOS times vr_coef.
+    vr_coef: float = 1.0
+    # PURE's code zeroes the returns on step-end tokens before whitening.
+    zero_step_ends: bool = False
+
+
+@dataclass(frozen=True)
+class CampoSection:
+    """CAMPO (MiroMind-M1) additions to the RL loop (ALGORITHMS.md section 7)."""
+
+    # Trailing-loop penalty before group normalisation: "none", "paper" (score - f, f the loop's
+    # share of the response) or "code" (score - code_penalty for truncated responses ending in a loop).
+    repetition_penalty: str = "none"
+    code_penalty: float = 0.1
+    loop_min_repeats: int = 2
+    # Over-length (truncated) responses score 0.
+    zero_overlength: bool = False
+    # Multi-stage maximum response length: engine.max_new_tokens per stage (empty = one stage of
+    # engine.max_new_tokens). Stages advance at the steps in `boundaries` or, with none, when the
+    # mean response length has not grown by min_growth (relative) for `patience` steps.
+    max_lengths: tuple[int, ...] = ()
+    boundaries: tuple[int, ...] = ()
+    patience: int = 20
+    min_growth: float = 0.01
+
+
+@dataclass(frozen=True)
 class EvalSection:
     datasets: tuple[str, ...] = ()
     n: int = 1
@@ -261,6 +316,8 @@ class Config:
     sft: SFTSection = SFTSection()
     rewards: RewardsSection = RewardsSection()
     prime: PrimeSection = PrimeSection()
+    pure: PureSection = PureSection()
+    campo: CampoSection = CampoSection()
     eval: EvalSection = EvalSection()
     mesh: MeshSection = MeshSection()
     checkpoint: CheckpointSection = CheckpointSection()
@@ -325,10 +382,45 @@ def validate(cfg: Config) -> None:
     if cfg.trainer.micro_batch_size and (batch // cfg.trainer.mini_batches) % cfg.trainer.micro_batch_size:
         raise ConfigError(f"mini-batch of {batch // cfg.trainer.mini_batches} responses is not a multiple "
                           f"of trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
-    if cfg.engine.max_prefill_length + cfg.engine.max_new_tokens > cfg.engine.max_cache_len:
+    longest = max((cfg.engine.max_new_tokens, *cfg.campo.max_lengths))
+    if cfg.engine.max_prefill_length + longest > cfg.engine.max_cache_len:
         raise ConfigError(f"engine.max_cache_len={cfg.engine.max_cache_len} is smaller than "
-                          f"max_prefill_length + max_new_tokens = "
-                          f"{cfg.engine.max_prefill_length + cfg.engine.max_new_tokens}; raise it")
+                          f"max_prefill_length + the longest response ({longest}) = "
+                          f"{cfg.engine.max_prefill_length + longest}; raise it")
+    _validate_sampling_controls(cfg)
+
+
+def _validate_sampling_controls(cfg: Config) -> None:
+    e, c, a = cfg.engine, cfg.campo, cfg.algo
+    if e.temperature_control:
+        if e.temperature == 0:
+            raise ConfigError("engine.temperature_control needs sampling: set engine.temperature > 0")
+        if e.target_entropy <= 0 or e.temperature_rate <= 0:
+            raise ConfigError(f"engine.target_entropy={e.target_entropy} and engine.temperature_rate="
+                              f"{e.temperature_rate} must both be > 0")
+        if not 0 < e.min_temperature <= e.max_temperature:
+            raise ConfigError(f"need 0 < engine.min_temperature <= engine.max_temperature, got "
+                              f"{e.min_temperature} and {e.max_temperature}")
+    choices = {"algo.dynamic_sampling_metric": (a.dynamic_sampling_metric, ("score", "correct")),
+               "campo.repetition_penalty": (c.repetition_penalty, ("none", "paper", "code")),
+               "pure.step_score": (cfg.pure.step_score, ("prefix", "step")),
+               "pure.weighting": (cfg.pure.weighting, ("min", "sum")),
+               "pure.baseline": (cfg.pure.baseline, ("step", "token"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}='{value}' is not one of {', '.join(allowed)}")
+    if c.max_lengths:
+        if any(n < 1 for n in c.max_lengths):
+            raise ConfigError(f"campo.max_lengths={list(c.max_lengths)} must all be >= 1")
+        if c.boundaries and len(c.boundaries) != len(c.max_lengths) - 1:
+            raise ConfigError(f"campo.boundaries={list(c.boundaries)} needs len(campo.max_lengths) - 1 = "
+                              f"{len(c.max_lengths) - 1} steps (or none, to advance on saturation)")
+    elif c.boundaries:
+        raise ConfigError("campo.boundaries is set but campo.max_lengths is empty; list the stage lengths")
+    if c.loop_min_repeats < 2:
+        raise ConfigError(f"campo.loop_min_repeats={c.loop_min_repeats} must be >= 2")
+    if cfg.pure.temperature <= 0 or cfg.pure.max_steps < 1 or not cfg.pure.separators:
+        raise ConfigError("pure.temperature must be > 0, pure.max_steps >= 1 and pure.separators non-empty")
 
 
 def dump_yaml(cfg: Config) -> str:

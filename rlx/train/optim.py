@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 SCHEDULES = ("cosine", "constant", "linear")
 
@@ -31,3 +33,18 @@ def adamw(lr: float, total_steps: int, *, warmup_steps: int = 0, schedule: str =
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return optax.chain(*parts)
+
+
+def init_state(optimizer: optax.GradientTransformation, params):
+    """`optimizer.init(params)` with its scalars (step counts) replicated on the parameters' mesh.
+
+    A jitted update returns them on that mesh; initialising them there as well keeps the first
+    and second updates on one compiled program.
+    """
+    state = optimizer.init(params)
+    sharding = jax.tree.leaves(params)[0].sharding
+    if not isinstance(sharding, NamedSharding):
+        return state
+    on_mesh = NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.tree.map(lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
+                        else jax.device_put(x, on_mesh), state)

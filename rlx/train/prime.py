@@ -36,7 +36,7 @@ from rlx.kernels import ADVANTAGE_FNS
 from rlx.kernels.prime import (GRANULARITIES, accuracy_band_keep, batch_norm_rewards,
                                implicit_q, implicit_token_rewards, prm_bce_loss)
 from rlx.train import batch as layout
-from rlx.train.optim import adamw
+from rlx.train.optim import adamw, init_state
 from rlx.train.trainer import RLTrainer, StepBatch
 from rlx.train.update import score, score_logprobs
 
@@ -133,7 +133,7 @@ class PrimeTrainer(RLTrainer):
         self.prm_optimizer = adamw(p.prm_lr, max(cfg.trainer.steps * cfg.trainer.mini_batches, 1),
                                    schedule="constant", weight_decay=p.prm_weight_decay,
                                    grad_clip=p.prm_grad_clip)
-        self.prm_opt_state = self.prm_optimizer.init(self.prm_params)
+        self.prm_opt_state = init_state(self.prm_optimizer, self.prm_params)
         self.prm_spec = PrmSpec(beta=p.beta, micro_batches=self.spec.micro_batches)
         self._prm_metrics: dict = {}
 

@@ -25,7 +25,7 @@ def heldout_accuracy(trainer: RLTrainer, records: list[dict], *, temperature: fl
         return float("nan")
     prompts = trainer.task.encode_prompts(records, trainer.cfg.data.template)
     e = trainer.cfg.engine
-    ro = rollout(None, prompts, n=1, max_new_tokens=e.max_new_tokens, temperature=temperature,
+    ro = rollout(None, prompts, n=1, max_new_tokens=trainer.max_new_tokens, temperature=temperature,
                  top_p=e.top_p if temperature else 1.0, top_k=e.top_k if temperature else 0, seed=seed,
                  stop=e.stop, tokenizer=trainer.tokenizer, engine=trainer.engine)
     texts = [trainer.tokenizer.decode(r[m.astype(bool)].tolist()) for r, m in zip(ro.response_ids, ro.response_mask)]

@@ -21,10 +21,12 @@ from rlx.data.pipeline import PromptStream
 from rlx.engine import Engine, EngineConfig, SamplingConfig, rollout
 from rlx.kernels import ADVANTAGE_FNS
 from rlx.kernels.policy_loss import adaptive_kl_update, kl_penalty
+from rlx.kernels.temperature import temperature_step
 from rlx.train import batch as layout
-from rlx.train.optim import adamw
+from rlx.train.optim import adamw, init_state
 from rlx.train.rewards import RewardScorer
-from rlx.train.update import LossSpec, score, train_step
+from rlx.train.shaping import LengthSchedule, shape_scores
+from rlx.train.update import LossSpec, score, score_with_entropy, train_step
 
 OUTCOME_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline",
                       "w_reinforce", "psr", "nsr", "empo")
@@ -46,11 +48,11 @@ class StepBatch:
     truncated: np.ndarray
 
 
-def loss_spec(cfg: Config, micro_batches: int) -> LossSpec:
+def loss_spec(cfg: Config, micro_batches: int, max_len: int | None = None) -> LossSpec:
     a = cfg.algo
     return LossSpec(temperature=max(cfg.engine.temperature, 1e-6), eps_low=a.clip_low,
                     eps_high=a.clip_high, dual_clip=a.dual_clip or None, agg=a.loss_agg,
-                    max_len=cfg.engine.max_new_tokens, kl_type=a.kl_type,
+                    max_len=max_len or cfg.engine.max_new_tokens, kl_type=a.kl_type,
                     use_kl=a.kl_coef > 0 and not a.kl_in_reward, entropy_coef=a.entropy_coef,
                     micro_batches=micro_batches)
 
@@ -75,14 +77,18 @@ class RLTrainer:
                                min_lr_ratio=cfg.optim.min_lr_ratio, weight_decay=cfg.optim.weight_decay,
                                b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps,
                                grad_clip=cfg.optim.grad_clip)
-        self.opt_state = self.optimizer.init(self.params)
+        self.opt_state = init_state(self.optimizer, self.params)
         self.kl_coef = float(cfg.algo.kl_coef)
         self.step_count = 0
         batch = cfg.trainer.prompts_per_step * cfg.algo.n
         mini = batch // cfg.trainer.mini_batches
         micro = cfg.trainer.micro_batch_size or mini
-        self.spec = loss_spec(cfg, mini // micro)
+        self.micro_batches = mini // micro
+        self.spec = loss_spec(cfg, self.micro_batches)
         e = cfg.engine
+        self.temperature = float(e.temperature)  # moved by engine.temperature_control
+        self.lengths = LengthSchedule(cfg.campo, e.max_new_tokens)
+        self.max_new_tokens = self.lengths.max_new_tokens(0)
         self.sampling = SamplingConfig(temperature=e.temperature, top_k=e.top_k, top_p=e.top_p, min_p=e.min_p)
         self.engine = Engine(model, EngineConfig(
             max_concurrent_decodes=e.max_concurrent_decodes, max_prefill_length=e.max_prefill_length,
@@ -99,8 +105,8 @@ class RLTrainer:
 
     def _sample(self, records: list[dict], seed: int):
         prompts = self.task.encode_prompts(records, self.cfg.data.template)
-        ro = rollout(None, prompts, n=self.cfg.algo.n, max_new_tokens=self.cfg.engine.max_new_tokens,
-                     temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+        ro = rollout(None, prompts, n=self.cfg.algo.n, max_new_tokens=self.max_new_tokens,
+                     temperature=self.temperature, top_p=self.sampling.top_p,
                      top_k=self.sampling.top_k, min_p=self.sampling.min_p, seed=seed,
                      stop=self.cfg.engine.stop, tokenizer=self.tokenizer, engine=self.engine)
         texts = [self.tokenizer.decode(r[m.astype(bool)].tolist())
@@ -108,6 +114,9 @@ class RLTrainer:
         rows = [records[g] for g in ro.group_ids]
         scores, correct, reward_metrics = self.rewards(rows, texts, group_ids=ro.group_ids)
         truncated = np.asarray(ro.finish_reason) == "length"
+        scores, shaping_metrics = shape_scores(self.cfg.campo, ro.response_ids, ro.response_mask,
+                                               truncated, scores)
+        reward_metrics = {**reward_metrics, **shaping_metrics}
         if self.cfg.algo.mask_truncated:
             ro_mask = ro.response_mask * (~truncated)[:, None]
         else:
@@ -144,12 +153,14 @@ class RLTrainer:
         want, n = self.cfg.trainer.prompts_per_step, self.cfg.algo.n
         if not self.cfg.algo.dynamic_sampling:
             return np.ones(want, bool)
-        s = sb.scores.reshape(want, n)
+        s = (sb.correct if self.cfg.algo.dynamic_sampling_metric == "correct" else sb.scores).reshape(want, n)
         return ~np.all(s == s[:, :1], axis=1)
 
     def step(self) -> dict:
         cfg, t = self.cfg, {}
         step = self.step_count
+        self._set_max_new_tokens(self.lengths.max_new_tokens(step))
+        temperature = self.temperature
         t0 = time.perf_counter()
         sb, metrics = self._collect(step)
         t["rollout+reward"] = time.perf_counter() - t0
@@ -159,18 +170,20 @@ class RLTrainer:
         device = {"ids": ids, "mask": mask, "positions": positions, "response_mask": resp_mask}
         device = jax.tree.map(jnp.asarray, device)
         t0 = time.perf_counter()
-        old_logp = sb.logprobs
-        if cfg.algo.recompute_old_logprobs:
-            old_logp = np.asarray(score(self.graphdef, self.params, device, self.spec.temperature))
+        # One scoring pass of the rollout policy gives the entropy that temperature control
+        # steers and, when asked, the old log-probs recomputed at training precision.
+        t_score = max(temperature, 1e-6)  # a greedy rollout is scored as a near-point mass
+        logp, entropy = score_with_entropy(self.graphdef, self.params, device, t_score)
+        old_logp = np.asarray(logp) if cfg.algo.recompute_old_logprobs else sb.logprobs
         ref_logp = np.zeros_like(old_logp)
         if self.ref_params is not None:
-            ref_logp = np.asarray(score(self.graphdef, self.ref_params, device, self.spec.temperature))
+            ref_logp = np.asarray(score(self.graphdef, self.ref_params, device, t_score))
         t["scoring"] = time.perf_counter() - t0
         adv = self._advantages(sb, old_logp, ref_logp, resp_mask)
         t0 = time.perf_counter()
         device.update(old_logp=jnp.asarray(old_logp, jnp.float32), ref_logp=jnp.asarray(ref_logp, jnp.float32),
                       adv=jnp.asarray(adv, jnp.float32))
-        update_metrics = self._update(device, step)
+        update_metrics = self._update(device, step, t_score)
         t["update"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.engine.update_params(self.params)
@@ -183,6 +196,8 @@ class RLTrainer:
             "response/length_mean": float(lengths[real].mean()),
             "response/truncated_fraction": float(sb.truncated[real].mean()),
             "actor/kl_coef": self.kl_coef, **update_metrics,
+            "rollout/entropy": float(entropy), "rollout/temperature": temperature,
+            "rollout/max_new_tokens": float(self.max_new_tokens),
             **{f"time/{k}": v for k, v in t.items()},
             "perf/tokens_per_s": float(lengths.sum()) / max(t["rollout+reward"], 1e-9),
         })
@@ -192,7 +207,19 @@ class RLTrainer:
             if cfg.algo.kl_target > 0:
                 self.kl_coef = float(adaptive_kl_update(self.kl_coef, float(kl), len(real),
                                                         target=cfg.algo.kl_target, horizon=cfg.algo.kl_horizon))
+        if cfg.engine.temperature_control:
+            e = cfg.engine
+            self.temperature = float(temperature_step(
+                temperature, float(entropy), target=e.target_entropy, rate=e.temperature_rate,
+                min_temperature=e.min_temperature, max_temperature=e.max_temperature))
+        self.lengths.observe(metrics["response/length_mean"])
         return metrics
+
+    def _set_max_new_tokens(self, length: int) -> None:
+        """Enter a response-length stage: the rollout's and the loss's maximum length."""
+        if length != self.max_new_tokens:
+            self.max_new_tokens = length
+            self.spec = loss_spec(self.cfg, self.micro_batches, max_len=length)
 
     def _advantages(self, sb: StepBatch, old_logp, ref_logp, resp_mask) -> np.ndarray:
         a = self.cfg.algo
@@ -207,7 +234,7 @@ class RLTrainer:
         adv, _ = ADVANTAGE_FNS[a.advantage](**kwargs, **hyper.get(a.advantage, {}))
         return np.asarray(adv) * resp_mask
 
-    def _update(self, device: dict, step: int) -> dict:
+    def _update(self, device: dict, step: int, temperature: float) -> dict:
         cfg = self.cfg
         batch = device["ids"].shape[0]
         mini = batch // cfg.trainer.mini_batches
@@ -221,7 +248,7 @@ class RLTrainer:
                 mb = jax.tree.map(lambda x: x[idx], device)
                 self.params, self.opt_state, m = train_step(
                     self.graphdef, self.optimizer, self.spec, self.params, self.opt_state, mb,
-                    jnp.float32(self.kl_coef))
+                    jnp.float32(self.kl_coef), jnp.float32(temperature))
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -242,7 +269,8 @@ class RLTrainer:
 
     def save(self, *, force: bool = False) -> None:
         if self.checkpointer is not None:
-            host = {"step": self.step_count, "data": self.stream.get_state(), "kl_coef": self.kl_coef}
+            host = {"step": self.step_count, "data": self.stream.get_state(), "kl_coef": self.kl_coef,
+                    "temperature": self.temperature, "length_stage": self.lengths.get_state()}
             self.checkpointer.save(self.step_count, self.train_state(), host, force=force)
 
     def restore(self) -> bool:
@@ -253,6 +281,8 @@ class RLTrainer:
         self.set_train_state(state)
         self.step_count = int(host["step"])
         self.kl_coef = float(host["kl_coef"])
+        self.temperature = float(host.get("temperature", self.temperature))
+        self.lengths.set_state(host.get("length_stage"))
         self.stream.set_state(host["data"])
         self.engine.update_params(self.params)
         return True

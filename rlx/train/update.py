@@ -22,7 +22,11 @@ from rlx.kernels.policy_loss import (entropy_from_logits, kl_penalty, ppo_clip_l
 
 @dataclass(frozen=True)
 class LossSpec:
-    """Static loss settings (hashable: part of the compiled program's identity)."""
+    """Static loss settings (hashable: part of the compiled program's identity).
+
+    `temperature` is the default when `train_step` is given none; a controller that moves the
+    rollout temperature passes it to `train_step` instead, which does not recompile.
+    """
 
     temperature: float = 1.0
     eps_low: float = 0.2
@@ -53,15 +57,30 @@ def score_logprobs(graphdef, params, batch: dict, temperature: float) -> jax.Arr
     return token_logprobs(logits_BxRxV, batch["ids"][:, -width:], temperature)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def score(graphdef, params, batch: dict, temperature: float) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0,))
+def score(graphdef, params, batch: dict, temperature) -> jax.Array:
     return score_logprobs(graphdef, params, batch, temperature)
 
 
-def _micro_loss(params, graphdef, spec: LossSpec, mb: dict, denom, kl_coef):
+@functools.partial(jax.jit, static_argnums=(0,))
+def score_with_entropy(graphdef, params, batch: dict, temperature):
+    """(log-probs BxR, mean token entropy of softmax(z / T) over the response mask).
+
+    The entropy is the one temperature control steers (ALGORITHMS.md section 9): the sampling
+    distribution before top-k / top-p truncation, on the policy's own rollouts.
+    """
+    width = batch["response_mask"].shape[1]
+    logits_BxRxV = response_logits(nnx.merge(graphdef, params), batch, width)
+    logp_BxR = token_logprobs(logits_BxRxV, batch["ids"][:, -width:], temperature)
+    m = batch["response_mask"].astype(jnp.float32)
+    entropy = jnp.sum(entropy_from_logits(logits_BxRxV, temperature) * m) / jnp.maximum(m.sum(), 1.0)
+    return logp_BxR, entropy
+
+
+def _micro_loss(params, graphdef, spec: LossSpec, mb: dict, denom, kl_coef, temperature):
     width = mb["response_mask"].shape[1]
     logits_BxRxV = response_logits(nnx.merge(graphdef, params), mb, width)
-    logp_BxR = token_logprobs(logits_BxRxV, mb["ids"][:, -width:], spec.temperature)
+    logp_BxR = token_logprobs(logits_BxRxV, mb["ids"][:, -width:], temperature)
     mask_BxR = mb["response_mask"]
     pg = ppo_clip_loss(logp_BxR, mb["old_logp"], mb["adv"], eps_low=spec.eps_low,
                        eps_high=spec.eps_high, dual_clip_c=spec.dual_clip)
@@ -72,9 +91,9 @@ def _micro_loss(params, graphdef, spec: LossSpec, mb: dict, denom, kl_coef):
         kl_BxR = kl_penalty(logp_BxR, mb["ref_logp"], spec.kl_type)
         loss_BxR = loss_BxR + kl_coef * kl_BxR
         stats["kl"] = agg(kl_BxR, mask_BxR, max_len=spec.max_len)[0]
-    entropy_BxR = jax.lax.stop_gradient(entropy_from_logits(logits_BxRxV, spec.temperature))
+    entropy_BxR = jax.lax.stop_gradient(entropy_from_logits(logits_BxRxV, temperature))
     if spec.entropy_coef:
-        entropy_BxR = entropy_from_logits(logits_BxRxV, spec.temperature)
+        entropy_BxR = entropy_from_logits(logits_BxRxV, temperature)
         loss_BxR = loss_BxR - spec.entropy_coef * entropy_BxR
     total, _ = agg(loss_BxR, mask_BxR, max_len=spec.max_len)
     m = mask_BxR.astype(jnp.float32)
@@ -92,8 +111,12 @@ def _micro_loss(params, graphdef, spec: LossSpec, mb: dict, denom, kl_coef):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
 def train_step(graphdef, optimizer: optax.GradientTransformation, spec: LossSpec, params,
-               opt_state, minibatch: dict, kl_coef):
-    """One optimizer step on a mini-batch; returns (params, opt_state, metrics)."""
+               opt_state, minibatch: dict, kl_coef, temperature=None):
+    """One optimizer step on a mini-batch; returns (params, opt_state, metrics).
+
+    `temperature` (traced; None = spec.temperature) must be the rollout's sampling temperature.
+    """
+    temperature = spec.temperature if temperature is None else temperature
     denom = global_denominator(spec.agg, minibatch["response_mask"], max_len=spec.max_len)
     tokens = jnp.maximum(minibatch["response_mask"].sum().astype(jnp.float32), 1.0)
     micro = jax.tree.map(lambda x: x.reshape(spec.micro_batches, -1, *x.shape[1:]), minibatch)
@@ -101,12 +124,13 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, spec: LossSpec
 
     def body(carry, mb):
         grads, loss, stats = carry
-        (l, s), g = grad_fn(params, graphdef, spec, mb, denom, kl_coef)
+        (l, s), g = grad_fn(params, graphdef, spec, mb, denom, kl_coef, temperature)
         return (jax.tree.map(jnp.add, grads, g), loss + l, jax.tree.map(jnp.add, stats, s)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     _, stats0 = jax.eval_shape(lambda: _micro_loss(params, graphdef, spec,
-                                                   jax.tree.map(lambda x: x[0], micro), denom, kl_coef))
+                                                   jax.tree.map(lambda x: x[0], micro), denom, kl_coef,
+                                                   temperature))
     stats0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats0)
     (grads, loss, stats), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), stats0), micro)
     updates, opt_state = optimizer.update(grads, opt_state, params)
