@@ -309,14 +309,19 @@ def softmin_weights(pr, T):
 
 
 def pure_advantages(step_rewards, step_ends, vr, mask, group_ids, vr_coef=1.0,
-                    zero_step_ends=False):
-    """step_rewards[b]: list of r_k; step_ends[b]: list of positions; vr: array or None."""
+                    zero_step_ends=False, baseline="step"):
+    """step_rewards[b]: list of r_k; step_ends[b]: list of positions; vr: array or None.
+
+    baseline "step": each response's mean step reward, subtracted on its step ends; "token":
+    its reward sum over its token count, subtracted on every valid token.
+    """
     m = _valid_mask(mask, group_ids)
     B, L = m.shape
     avg = np.zeros(B)
     for b in range(B):
-        if len(step_rewards[b]):
-            avg[b] = sum(step_rewards[b]) / len(step_rewards[b])
+        count = len(step_rewards[b]) if baseline == "step" else m[b].sum()
+        if count:
+            avg[b] = sum(step_rewards[b]) / count
     tok = np.zeros((B, L))
     ends = np.zeros((B, L))
     for idx in _groups(group_ids).values():
@@ -324,8 +329,10 @@ def pure_advantages(step_rewards, step_ends, vr, mask, group_ids, vr_coef=1.0,
         for i in idx:
             base = (sum(avg[j] for j in idx) - avg[i]) / (n - 1) if n > 1 else 0.0
             for rk, e in zip(step_rewards[i], step_ends[i]):
-                tok[i, e] += rk - base
+                tok[i, e] += rk - (base if baseline == "step" else 0.0)
                 ends[i, e] = 1.0
+            if baseline == "token":
+                tok[i] -= base * m[i]
             if vr is not None:
                 vbase = (sum(vr[j] for j in idx) - vr[i]) / (n - 1) if n > 1 else 0.0
                 last = _last_index(m[i])

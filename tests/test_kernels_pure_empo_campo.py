@@ -72,26 +72,28 @@ def pure_batch(seed, B=9, L=12, K=4):
     return pr, ends, vr, mask, g
 
 
-@pytest.mark.parametrize("zero_step_ends,with_vr,use_jit", [
-    (False, True, False), (False, True, True), (True, True, True), (False, False, True)])
-def test_pure_advantages_match_reference(zero_step_ends, with_vr, use_jit):
+@pytest.mark.parametrize("zero_step_ends,with_vr,use_jit,baseline", [
+    (False, True, False, "step"), (False, True, True, "step"), (True, True, True, "step"),
+    (False, False, True, "step"), (False, True, False, "token"), (True, False, True, "token")])
+def test_pure_advantages_match_reference(zero_step_ends, with_vr, use_jit, baseline):
     pr, ends, vr, mask, g = pure_batch(0)
     B, K = pr.shape
     step_r = np.asarray(PU.min_form_step_rewards(pr, ends >= 0))
     tok, end_mask = PU.scatter_step_rewards(step_r, ends, mask.shape[1])
-    fn = functools.partial(PU.pure_advantages, vr_coef=1.0, zero_step_ends=zero_step_ends)
+    fn = functools.partial(PU.pure_advantages, vr_coef=1.0, zero_step_ends=zero_step_ends,
+                           baseline=baseline)
     fn = jax.jit(fn) if use_jit else fn
     adv, ret = fn(tok, end_mask, mask, g, verifiable_B=vr if with_vr else None)
     rewards = [[ref.softmin_weights(pr[b][ends[b] >= 0], 0.1)[k] * pr[b][k]
                 for k in range(K) if ends[b, k] >= 0] for b in range(B)]
     positions = [[int(e) for e in ends[b] if e >= 0] for b in range(B)]
     adv_ref, ret_ref = ref.pure_advantages(rewards, positions, vr if with_vr else None, mask, g,
-                                           zero_step_ends=zero_step_ends)
+                                           zero_step_ends=zero_step_ends, baseline=baseline)
     np.testing.assert_allclose(np.asarray(ret), ret_ref, **TOL)
     np.testing.assert_allclose(np.asarray(adv), adv_ref, **TOL)
     adv2, _ = ADVANTAGE_FNS["pure"](token_rewards_BxL=tok, step_end_mask_BxL=end_mask,
                                     scores_B=vr if with_vr else None, mask_BxL=mask,
-                                    group_ids_B=g, zero_step_ends=zero_step_ends)
+                                    group_ids_B=g, zero_step_ends=zero_step_ends, baseline=baseline)
     np.testing.assert_allclose(np.asarray(adv2), np.asarray(adv), **TOL)
 
 

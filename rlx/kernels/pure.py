@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from rlx.kernels.advantages import (group_size, group_sum, last_token_onehot, masked_whiten,
                                     reverse_cumsum, valid_token_mask)
 
+BASELINES = ("step", "token")
+
 
 def step_scores_from_logits(prm_logits_BxKx2):
     """PR = p(positive) - p(negative) from a two-class PRM head, in [-1, 1]."""
@@ -78,11 +80,13 @@ def _rloo_center(x_B, group_ids_B):
 
 
 def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B, *,
-                    verifiable_B=None, vr_coef=1.0, zero_step_ends=False):
-    """PURE's RLOO ("step" baseline), verifiable reward at EOS, returns, global whitening.
+                    verifiable_B=None, vr_coef=1.0, zero_step_ends=False, baseline="step"):
+    """PURE's RLOO, verifiable reward at EOS, returns, global whitening.
 
-    For row i with S_i steps and step rewards r_ik (on step-end tokens): avg_i = sum_k r_ik / S_i;
-    r_ik -= (sum_{j in g} avg_j - avg_i) / (n - 1). VR_i in {-1, 0} is RLOO-centred the same way
+    "step" baseline, for row i with S_i steps and step rewards r_ik (on step-end tokens):
+    avg_i = sum_k r_ik / S_i; r_ik -= (sum_{j in g} avg_j - avg_i) / (n - 1). "token" baseline:
+    avg_i = sum_k r_ik / L_i over its L_i valid tokens, and the leave-one-out mean of avg is
+    subtracted on every valid token instead (`baseline` is static). VR_i in {-1, 0} is RLOO-centred the same way
     and added, times vr_coef, on the last valid token. returns = reverse cumsum; advantages =
     masked whitening of the returns over the batch. `zero_step_ends` (static) reproduces PURE's
     code, which zeroes the returns on step-end tokens before whitening. Returns (adv, returns).
@@ -90,12 +94,14 @@ def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
     m = valid_token_mask(mask_BxL, group_ids_B)
     ends = jnp.asarray(step_end_mask_BxL, jnp.float32) * m
     r = jnp.asarray(token_rewards_BxL, jnp.float32) * ends
-    steps_B = jnp.sum(ends, axis=1)
-    avg_B = jnp.sum(r, axis=1) / jnp.maximum(steps_B, 1.0)
+    if baseline not in BASELINES:
+        raise ValueError(f"pure baseline {baseline!r} is not one of {BASELINES}")
+    where = ends if baseline == "step" else m
+    avg_B = jnp.sum(r, axis=1) / jnp.maximum(jnp.sum(where, axis=1), 1.0)
     n_B = group_size(group_ids_B)
     baseline_B = jnp.where(
         n_B > 1, (group_sum(avg_B, group_ids_B) - avg_B) / jnp.maximum(n_B - 1.0, 1.0), 0.0)
-    total = (r - baseline_B[:, None]) * ends
+    total = r - baseline_B[:, None] * where
     if verifiable_B is not None:
         vr = _rloo_center(jnp.asarray(verifiable_B, jnp.float32), group_ids_B)
         total = total + vr_coef * vr[:, None] * last_token_onehot(m)
@@ -106,10 +112,12 @@ def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
 
 
 def advantage_entry(*, mask_BxL, group_ids_B, token_rewards_BxL, step_end_mask_BxL,
-                    scores_B=None, values_BxL=None, vr_coef=1.0, zero_step_ends=False):
+                    scores_B=None, values_BxL=None, vr_coef=1.0, zero_step_ends=False,
+                    baseline="step"):
     """Registry form: token_rewards_BxL = min-form step rewards on step-end tokens (from
     scatter_step_rewards), step_end_mask_BxL alongside, scores_B = verifiable reward in {-1, 0}
     (None: no verifiable reward)."""
     del values_BxL
     return pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
-                           verifiable_B=scores_B, vr_coef=vr_coef, zero_step_ends=zero_step_ends)
+                           verifiable_B=scores_B, vr_coef=vr_coef, zero_step_ends=zero_step_ends,
+                           baseline=baseline)

@@ -165,6 +165,23 @@ class PrimeTrainer(RLTrainer):
         del ref_logp  # the actor's KL reference; the PRM has its own
         t0 = time.perf_counter()
         p = self.cfg.prime
+        logp_prm, prm_ref, acc, metrics = self._score_with_prm(sb, old_logp, resp_mask)
+        rewards = implicit_token_rewards(logp_prm, prm_ref, resp_mask, beta=p.beta, granularity=p.granularity)
+        if p.batch_norm:
+            rewards = batch_norm_rewards(rewards, resp_mask)
+        adv, _ = ADVANTAGE_FNS["prime"](
+            mask_BxL=jnp.asarray(resp_mask), group_ids_B=jnp.asarray(sb.group_ids), token_rewards_BxL=rewards,
+            scores_B=jnp.asarray(acc), process_coef=p.process_coef, outcome_coef=p.outcome_coef)
+        real = sb.group_ids >= 0
+        metrics.update({"prm/process_reward_mean": float(np.asarray(rewards).sum(1)[real].mean()),
+                        "time/prm": time.perf_counter() - t0})
+        self._prm_metrics = metrics
+        return np.asarray(adv) * resp_mask
+
+    def _score_with_prm(self, sb: StepBatch, old_logp, resp_mask):
+        """Update the PRM on this batch and score it: (log pi_phi, log pi_ref, acc, metrics),
+        the log-probs being BxR at temperature 1."""
+        p = self.cfg.prime
         ids, mask, positions = layout.concat(sb.prompt_ids, sb.prompt_mask, sb.response_ids, sb.response_mask)
         device = jax.tree.map(jnp.asarray, {"ids": ids, "mask": mask, "positions": positions,
                                             "response_mask": resp_mask})
@@ -178,23 +195,14 @@ class PrimeTrainer(RLTrainer):
         logp_prm, metrics = self._update_prm(device)
         if p.update == "before":
             logp_prm = score(self.graphdef, self.prm_params, device, PRM_TEMPERATURE)
-        rewards = implicit_token_rewards(logp_prm, prm_ref, resp_mask, beta=p.beta, granularity=p.granularity)
-        if p.batch_norm:
-            rewards = batch_norm_rewards(rewards, resp_mask)
-        adv, _ = ADVANTAGE_FNS["prime"](
-            mask_BxL=jnp.asarray(resp_mask), group_ids_B=jnp.asarray(sb.group_ids), token_rewards_BxL=rewards,
-            scores_B=jnp.asarray(acc), process_coef=p.process_coef, outcome_coef=p.outcome_coef)
         real = sb.group_ids >= 0
         q_sum = np.asarray(implicit_q(logp_prm, prm_ref, resp_mask)).sum(1)
         # The PRM as a verifier: does sigmoid(beta sum q) > 0.5 agree with the outcome label?
         metrics.update({
             "prm/q_sum_mean": float(q_sum[real].mean()),
-            "prm/process_reward_mean": float(np.asarray(rewards).sum(1)[real].mean()),
             "prm/label_accuracy": float(((p.beta * q_sum > 0) == (acc > 0.5))[real].mean()),
-            "time/prm": time.perf_counter() - t0,
         })
-        self._prm_metrics = metrics
-        return np.asarray(adv) * resp_mask
+        return logp_prm, prm_ref, acc, metrics
 
     def _update_prm(self, device: dict) -> tuple[jax.Array, dict]:
         """One PRM step per mini-batch, in order (as PRIME splits its batch). Returns each
@@ -227,5 +235,9 @@ class PrimeTrainer(RLTrainer):
 
 
 def trainer_class(cfg: Config) -> type[RLTrainer]:
-    """The trainer for `algo.advantage`: PRIME needs its PRM role, the rest share RLTrainer."""
+    """The trainer for `algo.advantage`: PRIME and PURE need a PRM role, the rest share RLTrainer."""
+    if cfg.algo.advantage == "pure":
+        from rlx.train.pure import PureTrainer
+
+        return PureTrainer
     return PrimeTrainer if cfg.algo.advantage == "prime" else RLTrainer

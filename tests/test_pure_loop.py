@@ -1,0 +1,90 @@
+"""PURE in the RL loop: step splitting, step scores from the implicit PRM, and the first
+step's advantages against the float64 reference."""
+
+import numpy as np
+import pytest
+
+import reference_numpy as ref
+from rlx.build import build_model
+from rlx.config import load_config
+from rlx.train.prime import trainer_class
+from rlx.train.pure import PureTrainer, split_steps, step_ends, step_scores
+from rlx.train.task import build_task
+
+from test_rl_loop import SMALL
+
+PURE = ["algo.advantage=pure", "prime.prm_lr=1e-3", 'pure.separators=["\\n"]', "pure.max_steps=8"]
+
+
+def test_split_steps_at_separators_and_end():
+    toks = ["1", " +", " 2", "\n", "= 3", "\n\n", "x"]
+    assert split_steps(toks, ("\n",), 8) == [3, 5, 6]
+    assert split_steps(toks, ("\n\n",), 8) == [5, 6]
+    assert split_steps(["a", "b"], ("\n",), 8) == [1]
+    assert split_steps(["a\n", "b\n"], ("\n",), 8) == [0, 1]  # a separator on the last token ends once
+    assert split_steps(toks, ("\n",), 2) == [3, 6]  # past max_steps the rest is one step
+    assert split_steps(["\n", "\n"], ("\n\n",), 8) == [1]  # a separator spanning two tokens
+    assert split_steps([], ("\n",), 8) == []
+
+
+def test_step_scores_prefix_and_step():
+    q = np.array([[1.0, 2.0, -4.0, 0.5, 0.0]])
+    ends = np.array([[1, 3, -1]])
+    beta = 0.5
+    prefix = step_scores(q, ends, beta=beta, kind="prefix")
+    # Q at the ends: 3.0 and -0.5; PR = 2 sigmoid(beta Q) - 1
+    expect = [2 / (1 + np.exp(-beta * 3.0)) - 1, 2 / (1 + np.exp(beta * 0.5)) - 1, 0.0]
+    np.testing.assert_allclose(prefix[0], expect, rtol=1e-12)
+    step = step_scores(q, ends, beta=beta, kind="step")
+    expect = [2 / (1 + np.exp(-beta * 3.0)) - 1, 2 / (1 + np.exp(beta * 3.5)) - 1, 0.0]
+    np.testing.assert_allclose(step[0], expect, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, SMALL + PURE + [f"run.out_dir={out}"])
+    return cfg, build_task(cfg)
+
+
+def test_step_ends_on_real_tokens(setup):
+    _, task = setup
+    tok = task.tokenizer
+    ids = tok.encode("12 + 3\n= 15\n= 15")
+    row = np.array([ids + [0, 0]])
+    mask = np.array([[1] * len(ids) + [0, 0]])
+    ends = step_ends(tok, row, mask, ("\n",), 8)[0]
+    got = [e for e in ends if e >= 0]
+    assert len(got) == 3 and got[-1] == len(ids) - 1
+    pieces = [tok.decode([t]) for t in ids]
+    for e in got[:-1]:
+        assert "".join(pieces[:e + 1]).endswith("\n")
+
+
+def test_first_step_advantages_are_the_verifiable_rewards(setup):
+    # At the first step the PRM equals its reference, so with update=after every q_t = 0, every
+    # step score and step reward is 0, and PURE's advantage is the whitened, RLOO-centred VR.
+    cfg, task = setup
+    model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
+    trainer = trainer_class(cfg)(cfg, model, task)
+    assert isinstance(trainer, PureTrainer)
+    sb, _ = trainer._collect(0)
+    mask = sb.response_mask.astype(np.float32)
+    sb.correct[: len(sb.correct) // 3] = True  # make VR vary within groups
+    adv = trainer._advantages(sb, sb.logprobs, None, sb.response_mask)
+    assert abs(trainer._prm_metrics["pure/process_reward_mean"]) < 1e-6  # 0 up to fusion order
+    vr = sb.correct.astype(np.float64) - 1.0
+    expect, _ = ref.pure_advantages([[] for _ in vr], [[] for _ in vr], vr, mask, sb.group_ids)
+    np.testing.assert_allclose(adv, expect, atol=1e-5)
+    assert np.abs(adv).sum() > 0
+
+
+def test_pure_trains_two_steps(setup):
+    cfg, task = setup
+    model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
+    trainer = trainer_class(cfg)(cfg, model, task)
+    for _ in range(2):
+        m = trainer.step()
+    for key in ("pure/steps_mean", "pure/min_step_score_mean", "prm/loss", "actor/loss"):
+        assert np.isfinite(m[key]), key
+    assert m["pure/steps_mean"] >= 1.0
