@@ -85,9 +85,10 @@ class EngineSection:
     # Temperature by entropy (AceReason-Nemotron 1.1): the mean token entropy of softmax(z / T)
     # on each step's rollouts is logged as rollout/entropy; with temperature_control, T then
     # moves towards target_entropy: T <- clip(T exp(rate (target - H) / target), min, max).
+    # Entropy is steep in T; a rate above ~0.3 can oscillate (docs/experiments.md).
     temperature_control: bool = False
     target_entropy: float = 0.3
-    temperature_rate: float = 0.5
+    temperature_rate: float = 0.1
     min_temperature: float = 0.1
     max_temperature: float = 2.0
 

@@ -200,8 +200,8 @@ def test_mean_token_entropy_matches_reference():
 
 
 def test_temperature_step_moves_toward_target_and_respects_bounds():
-    assert float(T.temperature_step(1.0, 0.15)) == pytest.approx(math.exp(0.5 * 0.5), rel=1e-6)
-    assert float(T.temperature_step(1.0, 0.6)) == pytest.approx(math.exp(-0.5), rel=1e-6)
+    assert float(T.temperature_step(1.0, 0.15, rate=0.5)) == pytest.approx(math.exp(0.5 * 0.5), rel=1e-6)
+    assert float(T.temperature_step(1.0, 0.6, rate=0.5)) == pytest.approx(math.exp(-0.5), rel=1e-6)
     assert float(T.temperature_step(1.0, 0.3)) == pytest.approx(1.0)
     assert float(T.temperature_step(1.9, 0.0)) == pytest.approx(2.0)
     assert float(T.temperature_step(0.11, 5.0)) == pytest.approx(0.1)

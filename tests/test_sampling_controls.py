@@ -38,7 +38,8 @@ def test_controller_converges_to_target_entropy(task):
     h1 = probe.step()["rollout/entropy"]
     target = 0.5 * h1
     trainer = _trainer(task, ["optim.lr=0", "trainer.steps=12", "engine.temperature_control=true",
-                              f"engine.target_entropy={target}", "engine.min_temperature=0.05"])
+                              f"engine.target_entropy={target}", "engine.min_temperature=0.05",
+                              "engine.temperature_rate=0.5"])
     history = [trainer.step() for _ in range(12)]
     temps = [m["rollout/temperature"] for m in history]
     entropies = [m["rollout/entropy"] for m in history]

@@ -15,14 +15,16 @@ def mean_token_entropy(logits_BxLxV, mask_BxL, temperature=1.0):
     return masked_mean(entropy_from_logits(logits_BxLxV, temperature), mask_BxL)
 
 
-def temperature_step(temperature, entropy, *, target=0.3, rate=0.5, min_temperature=0.1,
+def temperature_step(temperature, entropy, *, target=0.3, rate=0.1, min_temperature=0.1,
                      max_temperature=2.0):
     """Proportional update in log space on the relative entropy error, then clipped:
 
     T' = clip(T exp(rate (target - H) / target), min_temperature, max_temperature).
 
     Entropy rises monotonically with T, so too little entropy raises T and too much lowers it;
-    working in log T keeps T positive and makes the step size scale-free.
+    working in log T keeps T positive and makes the step size scale-free. Near the target the
+    loop gain is rate * dlog H / dlog T, and entropy can be steep in T (about T^7 on the
+    quickstart model), so rate 0.5 overshoots into a two-step oscillation there and 0.1 settles.
     """
     err = (target - entropy) / target
     return jnp.clip(temperature * jnp.exp(rate * err), min_temperature, max_temperature)
