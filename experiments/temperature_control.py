@@ -1,6 +1,6 @@
 """Temperature by entropy on the quickstart model: GRPO with a fixed rollout temperature of 1
 against the same run with `engine.temperature_control` steering the mean token entropy of the
-rollouts towards 0.3 (AceReason-Nemotron 1.1).
+rollouts towards 0.3 (AceReason-Nemotron 1.1), at the default rate 0.1 and at 0.5.
 
     python experiments/temperature_control.py        # runs what is missing, then writes
                                                      # docs/temperature_control.png and _table.md
@@ -20,6 +20,9 @@ METHODS = [
     Method("fixed T = 1", "fixedT", "configs/quickstart.yaml"),
     Method(f"controller, target {TARGET}", "entropyT", "configs/quickstart.yaml",
            ["engine.temperature_control=true", f"engine.target_entropy={TARGET}"]),
+    Method(f"controller, target {TARGET}, rate 0.5", "entropyT05", "configs/quickstart.yaml",
+           ["engine.temperature_control=true", f"engine.target_entropy={TARGET}",
+            "engine.temperature_rate=0.5"]),
 ]
 
 
@@ -39,7 +42,7 @@ def main(argv=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_h, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_h, ax_t) = plt.subplots(1, 2, figsize=(11, 3.8))
     lines = ["| run | entropy, steps 1-5 | entropy, last 10 steps | temperature, last 10 steps | "
              "held-out greedy after | held-out sampled after |", "|---|---|---|---|---|---|"]
     for i, method in enumerate(METHODS):

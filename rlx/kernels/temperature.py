@@ -23,8 +23,8 @@ def temperature_step(temperature, entropy, *, target=0.3, rate=0.1, min_temperat
 
     Entropy rises monotonically with T, so too little entropy raises T and too much lowers it;
     working in log T keeps T positive and makes the step size scale-free. Near the target the
-    loop gain is rate * dlog H / dlog T, and entropy can be steep in T (about T^7 on the
-    quickstart model), so rate 0.5 overshoots into a two-step oscillation there and 0.1 settles.
+    loop gain is about rate * dlog H / dlog T, and entropy can be steep in T: on the quickstart
+    model rate 0.5 overshoots into a two-step oscillation and 0.1 settles (docs/experiments.md).
     """
     err = (target - entropy) / target
     return jnp.clip(temperature * jnp.exp(rate * err), min_temperature, max_temperature)
