@@ -218,8 +218,13 @@ class PrimeSection:
 class PureSection:
     """PURE (algo.advantage=pure): min-form credit assignment on the implicit PRM's step scores.
 
-    The PRM, its reference and its online update are the `prime` section's (beta, prm_lr, ...).
+    prm "implicit": PRIME's implicit PRM, with the `prime` section's beta, prm_lr, reference and
+    update; "classifier": a frozen classifier-head PRM read from prm_path (Qwen2.5-Math-PRM's
+    layout), sharing the actor's tokenizer.
     """
+
+    prm: str = "implicit"
+    prm_path: str = ""
 
     # A response splits into steps after each separator (and at its end).
     separators: tuple[str, ...] = ("\n\n",)
@@ -405,6 +410,7 @@ def _validate_sampling_controls(cfg: Config) -> None:
     choices = {"algo.dynamic_sampling_metric": (a.dynamic_sampling_metric, ("score", "correct")),
                "campo.repetition_penalty": (c.repetition_penalty, ("none", "paper", "code")),
                "pure.step_score": (cfg.pure.step_score, ("prefix", "step")),
+               "pure.prm": (cfg.pure.prm, ("implicit", "classifier")),
                "pure.weighting": (cfg.pure.weighting, ("min", "sum")),
                "pure.baseline": (cfg.pure.baseline, ("step", "token"))}
     for key, (value, allowed) in choices.items():
@@ -420,6 +426,8 @@ def _validate_sampling_controls(cfg: Config) -> None:
         raise ConfigError("campo.boundaries is set but campo.max_lengths is empty; list the stage lengths")
     if c.loop_min_repeats < 2:
         raise ConfigError(f"campo.loop_min_repeats={c.loop_min_repeats} must be >= 2")
+    if cfg.pure.prm == "classifier" and not cfg.pure.prm_path:
+        raise ConfigError("pure.prm=classifier needs pure.prm_path: a PRM checkpoint directory")
     if cfg.pure.temperature <= 0 or cfg.pure.max_steps < 1 or not cfg.pure.separators:
         raise ConfigError("pure.temperature must be > 0, pure.max_steps >= 1 and pure.separators non-empty")
 

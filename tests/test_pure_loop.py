@@ -6,7 +6,7 @@ import pytest
 
 import reference_numpy as ref
 from rlx.build import build_model
-from rlx.config import load_config
+from rlx.config import ConfigError, load_config
 from rlx.train.prime import trainer_class
 from rlx.train.pure import PureTrainer, split_steps, step_ends, step_scores
 from rlx.train.task import build_task
@@ -88,3 +88,27 @@ def test_pure_trains_two_steps(setup):
     for key in ("pure/steps_mean", "pure/min_step_score_mean", "prm/loss", "actor/loss"):
         assert np.isfinite(m[key]), key
     assert m["pure/steps_mean"] >= 1.0
+
+
+def test_classifier_prm_scores_each_step(setup, tmp_path):
+    pytest.importorskip("transformers")
+    from test_models_prm import _save_prm
+
+    cfg, task = setup
+    # Logits (neg, pos) = (-1, 1) everywhere: every step scores PR = 2 sigmoid(2) - 1 = tanh(1).
+    _save_prm(tmp_path / "prm", vocab=task.tokenizer.vocab_size, bias=(-1.0, 1.0))
+    cfg = load_config(None, SMALL + PURE + [f"run.out_dir={tmp_path}", "pure.prm=classifier",
+                                            f"pure.prm_path={tmp_path / 'prm'}"])
+    model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
+    trainer = trainer_class(cfg)(cfg, model, task)
+    m = trainer.step()
+    assert m["pure/step_score_mean"] == pytest.approx(np.tanh(1.0), rel=1e-5)
+    assert m["pure/min_step_score_mean"] == pytest.approx(np.tanh(1.0), rel=1e-5)
+    # Softmin over equal scores is uniform, so a response's step rewards sum to its score.
+    assert m["pure/process_reward_mean"] == pytest.approx(np.tanh(1.0), rel=1e-5)
+    assert np.isfinite(m["actor/loss"])
+
+
+def test_classifier_prm_needs_a_path():
+    with pytest.raises(ConfigError, match="pure.prm_path"):
+        load_config(None, SMALL + PURE + ["pure.prm=classifier"])

@@ -225,7 +225,8 @@ class _Checkpoint:
         return f"tensor {name} in {self.files[self.where[name]].path}"
 
 
-def _check_tensors(ckpt: _Checkpoint, plan: dict, state: nnx.State, cfg: ModelConfig, path: Path) -> None:
+def _check_tensors(ckpt: _Checkpoint, plan: dict, state: nnx.State, cfg: ModelConfig, path: Path,
+                   ignore_prefixes: tuple[str, ...] = ()) -> None:
     shapes = {tuple(str(p) for p in k): v.shape for k, v in nnx.to_flat_state(state)}
     expected = set()
     for param_path, (names, in_axes, stacked) in plan.items():
@@ -244,7 +245,8 @@ def _check_tensors(ckpt: _Checkpoint, plan: dict, state: nnx.State, cfg: ModelCo
                     "the weights do not match the config"
                 )
     ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
-    unexpected = sorted(n for n in set(ckpt.where) - expected - ignorable if not n.endswith("rotary_emb.inv_freq"))
+    unexpected = sorted(n for n in set(ckpt.where) - expected - ignorable
+                        if not n.endswith("rotary_emb.inv_freq") and not n.startswith(ignore_prefixes))
     if unexpected:
         raise ValueError(
             f"{path}: {len(unexpected)} tensors are not part of a {cfg.family} model, e.g. {unexpected[:5]}; "
@@ -273,18 +275,22 @@ def from_hf(
     dtype: str = "float32",
     param_dtype: str | None = None,
     mesh: Mesh | None = None,
+    hf_config: dict[str, Any] | None = None,
+    ignore_prefixes: tuple[str, ...] = (),
     **overrides: Any,
 ) -> Transformer:
     """Load an HF Llama / Qwen2 checkpoint directory as a Transformer sharded on `mesh`.
 
     `dtype` is the compute dtype and, unless `param_dtype` is given, the storage dtype too;
-    `overrides` set other ModelConfig fields (e.g. remat="full").
+    `overrides` set other ModelConfig fields (e.g. remat="full"). `hf_config` replaces the
+    directory's config.json and tensors starting with `ignore_prefixes` are left unread (a
+    reward model's head, read by its own loader).
     """
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} does not exist; from_hf needs an HF checkpoint directory")
-    hf_config = json.loads(config_path.read_text())
+    hf_config = hf_config if hf_config is not None else json.loads(config_path.read_text())
     cfg = config_from_hf(
         hf_config, source=str(config_path), dtype=dtype, param_dtype=param_dtype or dtype, **overrides
     )
@@ -292,7 +298,7 @@ def from_hf(
     mesh = mesh if mesh is not None else single_device_mesh()
     graphdef, abstract_state = nnx.split(abstract_model(cfg))
     plan = _tensor_plan(cfg, abstract_state)
-    _check_tensors(ckpt, plan, abstract_state, cfg, path)
+    _check_tensors(ckpt, plan, abstract_state, cfg, path, ignore_prefixes)
     shardings = nnx.to_flat_state(state_shardings(abstract_state, mesh))
     loaded = []
     for (param_path, var), (_, sharding) in zip(nnx.to_flat_state(abstract_state), shardings):

@@ -237,7 +237,7 @@ class PrimeTrainer(RLTrainer):
 def trainer_class(cfg: Config) -> type[RLTrainer]:
     """The trainer for `algo.advantage`: PRIME and PURE need a PRM role, the rest share RLTrainer."""
     if cfg.algo.advantage == "pure":
-        from rlx.train.pure import PureTrainer
+        from rlx.train.pure import ClassifierPureTrainer, PureTrainer
 
-        return PureTrainer
+        return ClassifierPureTrainer if cfg.pure.prm == "classifier" else PureTrainer
     return PrimeTrainer if cfg.algo.advantage == "prime" else RLTrainer
