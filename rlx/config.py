@@ -277,26 +277,19 @@ class EvalSection:
 
 @dataclass(frozen=True)
 class RoleMeshSection:
-    """A role's own mesh under mesh.roles=disaggregated: `devices` taken after the actor's
-    (0 = share the actor's mesh), split as data x fsdp x tensor (one axis may be -1)."""
-
+    # mesh.roles=disaggregated: `devices` after the actor's (0 = the actor's mesh), data x fsdp x tensor.
     devices: int = 0
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
 
 
-ROLE_LAYOUTS = ("colocated", "disaggregated")
-
-
 @dataclass(frozen=True)
 class MeshSection:
-    # The actor's mesh -- and every role's when colocated.
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
-    # "colocated": actor, reference, PRM and engine share one mesh; "disaggregated": the
-    # roles below with devices > 0 get their own consecutive devices after the actor's.
+    # colocated: every role on this mesh; disaggregated: roles with devices > 0 take the next devices.
     roles: str = "colocated"
     engine: RoleMeshSection = RoleMeshSection()
     reference: RoleMeshSection = RoleMeshSection()
@@ -403,7 +396,14 @@ def validate(cfg: Config) -> None:
     if cfg.trainer.micro_batch_size and (batch // cfg.trainer.mini_batches) % cfg.trainer.micro_batch_size:
         raise ConfigError(f"mini-batch of {batch // cfg.trainer.mini_batches} responses is not a multiple "
                           f"of trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
-    _validate_roles(cfg.mesh)
+    m = cfg.mesh
+    if m.roles not in ("colocated", "disaggregated"):
+        raise ConfigError(f"mesh.roles='{m.roles}' is not one of colocated, disaggregated")
+    for role in ("engine", "reference", "prm"):
+        n = getattr(m, role).devices
+        if n < 0 or (n and m.roles == "colocated"):
+            raise ConfigError(f"mesh.{role}.devices={n}: set it to 0 (the actor's mesh), or give the {role} "
+                              f"its own devices with mesh.roles=disaggregated")
     longest = max((cfg.engine.max_new_tokens, *cfg.campo.max_lengths))
     if cfg.engine.max_prefill_length + longest > cfg.engine.max_cache_len:
         raise ConfigError(f"engine.max_cache_len={cfg.engine.max_cache_len} is smaller than "
@@ -443,19 +443,6 @@ def _validate_sampling_controls(cfg: Config) -> None:
         raise ConfigError(f"campo.loop_min_repeats={c.loop_min_repeats} must be >= 2")
     if cfg.pure.temperature <= 0 or cfg.pure.max_steps < 1 or not cfg.pure.separators:
         raise ConfigError("pure.temperature must be > 0, pure.max_steps >= 1 and pure.separators non-empty")
-
-
-def _validate_roles(mesh: MeshSection) -> None:
-    if mesh.roles not in ROLE_LAYOUTS:
-        raise ConfigError(f"mesh.roles='{mesh.roles}' is not one of {', '.join(ROLE_LAYOUTS)}")
-    for role in ("engine", "reference", "prm"):
-        section = getattr(mesh, role)
-        if section.devices < 0:
-            raise ConfigError(f"mesh.{role}.devices={section.devices} must be >= 0 (0 = the actor's mesh)")
-        if section.devices and mesh.roles == "colocated":
-            raise ConfigError(f"mesh.{role}.devices={section.devices} gives the {role} its own devices, "
-                              f"but mesh.roles=colocated puts every role on the actor's mesh; set "
-                              f"mesh.roles=disaggregated or mesh.{role}.devices=0")
 
 
 def dump_yaml(cfg: Config) -> str:
