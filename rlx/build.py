@@ -11,14 +11,14 @@ from pathlib import Path
 from jax.sharding import Mesh
 
 from rlx.config import ConfigError, MeshSection, ModelSection, TokenizerSection
-from rlx.mesh import make_mesh
 
 
 def build_mesh(section: MeshSection) -> Mesh:
-    try:
-        return make_mesh(data=section.data, fsdp=section.fsdp, tensor=section.tensor)
-    except ValueError as e:
-        raise ConfigError(f"mesh: {e}") from None
+    """The actor's mesh: all devices when the roles are colocated, the first ones otherwise
+    (`rlx.train.placement` lays out the other roles' meshes)."""
+    from rlx.train.placement import build_role_meshes
+
+    return build_role_meshes(section).actor
 
 
 def build_model(section: ModelSection, *, seed: int = 0, mesh: Mesh | None = None, **overrides):

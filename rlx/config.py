@@ -282,10 +282,24 @@ class EvalSection:
 
 
 @dataclass(frozen=True)
+class RoleMeshSection:
+    # mesh.roles=disaggregated: `devices` after the actor's (0 = the actor's mesh), data x fsdp x tensor.
+    devices: int = 0
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
 class MeshSection:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    # colocated: every role on this mesh; disaggregated: roles with devices > 0 take the next devices.
+    roles: str = "colocated"
+    engine: RoleMeshSection = RoleMeshSection()
+    reference: RoleMeshSection = RoleMeshSection()
+    prm: RoleMeshSection = RoleMeshSection()
 
 
 @dataclass(frozen=True)
@@ -388,48 +402,22 @@ def validate(cfg: Config) -> None:
     if cfg.trainer.micro_batch_size and (batch // cfg.trainer.mini_batches) % cfg.trainer.micro_batch_size:
         raise ConfigError(f"mini-batch of {batch // cfg.trainer.mini_batches} responses is not a multiple "
                           f"of trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
+    m = cfg.mesh
+    if m.roles not in ("colocated", "disaggregated"):
+        raise ConfigError(f"mesh.roles='{m.roles}' is not one of colocated, disaggregated")
+    for role in ("engine", "reference", "prm"):
+        n = getattr(m, role).devices
+        if n < 0 or (n and m.roles == "colocated"):
+            raise ConfigError(f"mesh.{role}.devices={n}: set it to 0 (the actor's mesh), or give the {role} "
+                              f"its own devices with mesh.roles=disaggregated")
     longest = max((cfg.engine.max_new_tokens, *cfg.campo.max_lengths))
     if cfg.engine.max_prefill_length + longest > cfg.engine.max_cache_len:
         raise ConfigError(f"engine.max_cache_len={cfg.engine.max_cache_len} is smaller than "
                           f"max_prefill_length + the longest response ({longest}) = "
                           f"{cfg.engine.max_prefill_length + longest}; raise it")
-    _validate_sampling_controls(cfg)
+    from rlx.config_checks import check_objectives
 
-
-def _validate_sampling_controls(cfg: Config) -> None:
-    e, c, a = cfg.engine, cfg.campo, cfg.algo
-    if e.temperature_control:
-        if e.temperature == 0:
-            raise ConfigError("engine.temperature_control needs sampling: set engine.temperature > 0")
-        if e.target_entropy <= 0 or e.temperature_rate <= 0:
-            raise ConfigError(f"engine.target_entropy={e.target_entropy} and engine.temperature_rate="
-                              f"{e.temperature_rate} must both be > 0")
-        if not 0 < e.min_temperature <= e.max_temperature:
-            raise ConfigError(f"need 0 < engine.min_temperature <= engine.max_temperature, got "
-                              f"{e.min_temperature} and {e.max_temperature}")
-    choices = {"algo.dynamic_sampling_metric": (a.dynamic_sampling_metric, ("score", "correct")),
-               "campo.repetition_penalty": (c.repetition_penalty, ("none", "paper", "code")),
-               "pure.step_score": (cfg.pure.step_score, ("prefix", "step")),
-               "pure.prm": (cfg.pure.prm, ("implicit", "classifier")),
-               "pure.weighting": (cfg.pure.weighting, ("min", "sum")),
-               "pure.baseline": (cfg.pure.baseline, ("step", "token"))}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}='{value}' is not one of {', '.join(allowed)}")
-    if c.max_lengths:
-        if any(n < 1 for n in c.max_lengths):
-            raise ConfigError(f"campo.max_lengths={list(c.max_lengths)} must all be >= 1")
-        if c.boundaries and len(c.boundaries) != len(c.max_lengths) - 1:
-            raise ConfigError(f"campo.boundaries={list(c.boundaries)} needs len(campo.max_lengths) - 1 = "
-                              f"{len(c.max_lengths) - 1} steps (or none, to advance on saturation)")
-    elif c.boundaries:
-        raise ConfigError("campo.boundaries is set but campo.max_lengths is empty; list the stage lengths")
-    if c.loop_min_repeats < 2:
-        raise ConfigError(f"campo.loop_min_repeats={c.loop_min_repeats} must be >= 2")
-    if cfg.pure.prm == "classifier" and not cfg.pure.prm_path:
-        raise ConfigError("pure.prm=classifier needs pure.prm_path: a PRM checkpoint directory")
-    if cfg.pure.temperature <= 0 or cfg.pure.max_steps < 1 or not cfg.pure.separators:
-        raise ConfigError("pure.temperature must be > 0, pure.max_steps >= 1 and pure.separators non-empty")
+    check_objectives(cfg)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from rlx import hostio
 from rlx.engine.engine import Engine
 from rlx.engine.sampling import SamplingConfig
 from rlx.engine.state import EngineConfig, pick_bucket, pow2_buckets
@@ -116,7 +117,7 @@ class _Driver:
             if not live:
                 break
             state, result = engine.generate_steps(None, state, engine.config.steps_per_sync)
-            data, logprob, done = jax.device_get((result.data, result.log_prob, state.done_B))
+            data, logprob, done = hostio.get((result.data, result.log_prob, state.done_B))
             finished = self._absorb(result, data, logprob, done, live)
             state = engine.release_slots(state, finished)
         return self._assemble()
@@ -149,7 +150,7 @@ class _Driver:
         keys = jax.vmap(lambda i: jax.random.fold_in(self.base_key, i))(np.asarray(idx, np.uint32))
         prefix = self.engine.prefill_batch(None, [self.prompts[i] for i in idx], keys,
                                            num_samples=self.n, sampler=self.sampling)
-        first_tokens, first_logprobs = jax.device_get((prefix.tokens_PxS, prefix.logprobs_PxS))
+        first_tokens, first_logprobs = hostio.get((prefix.tokens_PxS, prefix.logprobs_PxS))
         for row in range(real):
             for s in range(self.n):
                 req = (first + row) * self.n + s

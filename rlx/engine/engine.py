@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlx import hostio
 from rlx.engine import layout
 from rlx.engine.sampling import SamplingConfig, SamplingValues, sample
 from rlx.engine.state import DecodeState, EngineConfig, Prefix, ResultTokens, pick_bucket
@@ -89,7 +90,8 @@ class Engine:
         """Swap in new weights (an `nnx.State` or a model of the same architecture).
 
         They are cast to the engine's dtypes and moved to its shardings, so nothing
-        recompiles; when the actor shares the engine's mesh this moves no data.
+        recompiles; when the actor shares the engine's mesh this moves no data, and on
+        another mesh it is a `jax.device_put` to the engine's devices.
         """
         if isinstance(params, nnx.Module):
             params = nnx.state(params)
@@ -98,7 +100,7 @@ class Engine:
                              "model; pass nnx.state(model) of the model the engine was built with")
         params = jax.tree.map(lambda x, ref: x.astype(ref.dtype) if x.dtype != ref.dtype else x,
                               params, self._params)
-        self._params = jax.device_put(params, self._param_shardings)
+        self._params = hostio.transfer(params, self._param_shardings)
 
     # ---- prefill --------------------------------------------------------------------------
 
@@ -266,7 +268,7 @@ class Engine:
         stripped = state.replace(bounds=())
         if self._state_shardings is None:
             self._state_shardings = layout.decode_state_shardings(stripped, self._mesh)
-        arrays = jax.device_put(stripped, layout.like(self._state_shardings, stripped))
+        arrays = hostio.put(stripped, layout.like(self._state_shardings, stripped))
         return arrays.replace(bounds=state.bounds)
 
     def generate(self, params, decode_state: DecodeState, sampler: SamplingConfig | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding
 
+from rlx import hostio
 from rlx import mesh as rmesh
 
 # The model contract's cache layout: [n_layers, batch, max_len, n_kv_heads, head_dim].
@@ -28,7 +29,7 @@ def place_params(params, mesh: Mesh):
     """Params on `mesh`: untouched if already there, else re-sharded by their logical axes."""
     on_mesh = all(isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh
                   for x in jax.tree.leaves(params))
-    return params if on_mesh else rmesh.shard_model_state(params, mesh)
+    return params if on_mesh else hostio.transfer(params, rmesh.state_shardings(params, mesh))
 
 
 def cache_sharding(x, mesh: Mesh) -> NamedSharding:

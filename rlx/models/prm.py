@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rlx.mesh import replicated, single_device_mesh
+from rlx import hostio
+from rlx.mesh import single_device_mesh
 from rlx.models.hf_io import _ARCH_OF_FAMILY, _Checkpoint, from_hf
 from rlx.models.transformer import Transformer, dense
 
@@ -67,6 +68,6 @@ def from_hf_prm(path: str | Path, *, dtype: str = "float32", mesh: Mesh | None =
     if w1.shape != (d, d) or w2.shape != (2, d):
         raise ValueError(f"{path}: head shapes score.0 {w1.shape}, score.2 {w2.shape}; expected ({d}, {d}) "
                          f"and (2, {d}) for d_model {d}")
-    put = lambda x: jax.device_put(np.asarray(x, dtype), replicated(mesh))  # noqa: E731
-    # HF Linear weights are [out, in]; rlx keeps [in, out].
-    return ClassifierPRM(backbone, put(w1.T), put(b1), put(w2.T), put(b2))
+    # HF Linear weights are [out, in]; rlx keeps [in, out]. Replicated on the mesh (any process).
+    head = hostio.put_replicated([np.asarray(x, dtype) for x in (w1.T, b1, w2.T, b2)], mesh)
+    return ClassifierPRM(backbone, *head)

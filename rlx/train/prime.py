@@ -31,12 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlx import hostio
 from rlx.config import Config, ConfigError
 from rlx.kernels import ADVANTAGE_FNS
 from rlx.kernels.prime import (GRANULARITIES, accuracy_band_keep, batch_norm_rewards,
                                implicit_q, implicit_token_rewards, prm_bce_loss)
 from rlx.train import batch as layout
 from rlx.train.optim import adamw, init_state
+from rlx.train.placement import copy_to
 from rlx.train.trainer import RLTrainer, StepBatch
 from rlx.train.update import score, score_logprobs
 
@@ -125,11 +127,12 @@ class PrimeTrainer(RLTrainer):
         super().__init__(cfg, model, task, checkpointer=checkpointer)
         p = cfg.prime
         # PRIME initialises the PRM from the SFT model, i.e. the actor as it starts.
-        self.prm_params = jax.tree.map(jnp.copy, self.params)
+        mesh = self.meshes.prm
+        self.prm_params = copy_to(self.params, mesh)
         self.prm_ref_params = None
         if p.reference == "sft":
-            self.prm_ref_params = (self.ref_params if self.ref_params is not None
-                                   else jax.tree.map(jnp.copy, self.params))
+            shared = self.ref_params is not None and self.meshes.reference is mesh
+            self.prm_ref_params = self.ref_params if shared else copy_to(self.params, mesh)
         self.prm_optimizer = adamw(p.prm_lr, max(cfg.trainer.steps * cfg.trainer.mini_batches, 1),
                                    schedule="constant", weight_decay=p.prm_weight_decay,
                                    grad_clip=p.prm_grad_clip)
@@ -183,18 +186,18 @@ class PrimeTrainer(RLTrainer):
         the log-probs being BxR at temperature 1."""
         p = self.cfg.prime
         ids, mask, positions = layout.concat(sb.prompt_ids, sb.prompt_mask, sb.response_ids, sb.response_mask)
-        device = jax.tree.map(jnp.asarray, {"ids": ids, "mask": mask, "positions": positions,
-                                            "response_mask": resp_mask})
+        acc = np.asarray(sb.correct, np.float32)
+        device = hostio.put_rows({"ids": ids, "mask": mask, "positions": positions, "response_mask": resp_mask,
+                                  "acc": acc, "row_mask": (sb.group_ids >= 0).astype(np.float32)}, self.meshes.prm)
         if p.reference == "sft":
             prm_ref = score(self.graphdef, self.prm_ref_params, device, PRM_TEMPERATURE)
         else:
-            prm_ref = jnp.asarray(old_logp, jnp.float32)
-        acc = np.asarray(sb.correct, np.float32)
-        device.update(prm_ref_logp=prm_ref, acc=jnp.asarray(acc),
-                      row_mask=jnp.asarray(sb.group_ids >= 0, jnp.float32))
+            prm_ref = hostio.put_rows(np.asarray(old_logp, np.float32), self.meshes.prm)
+        device["prm_ref_logp"] = prm_ref
         logp_prm, metrics = self._update_prm(device)
         if p.update == "before":
             logp_prm = score(self.graphdef, self.prm_params, device, PRM_TEMPERATURE)
+        logp_prm, prm_ref = hostio.get((logp_prm, prm_ref))  # the rest runs on each host's copy
         real = sb.group_ids >= 0
         q_sum = np.asarray(implicit_q(logp_prm, prm_ref, resp_mask)).sum(1)
         # The PRM as a verifier: does sigmoid(beta sum q) > 0.5 agree with the outcome label?
@@ -212,7 +215,7 @@ class PrimeTrainer(RLTrainer):
         mini = batch // self.cfg.trainer.mini_batches
         logps, sums = [], {}
         for i in range(self.cfg.trainer.mini_batches):
-            mb = jax.tree.map(lambda x: x[i * mini:(i + 1) * mini], device)
+            mb = hostio.take_rows(device, np.arange(i * mini, (i + 1) * mini), self.meshes.prm)
             self.prm_params, self.prm_opt_state, m, logp = prm_train_step(
                 self.graphdef, self.prm_optimizer, self.prm_spec, self.prm_params, self.prm_opt_state, mb)
             logps.append(logp)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlx import hostio
 from rlx.config import Config, ConfigError
 from rlx.kernels import ADVANTAGE_FNS
 from rlx.kernels.prime import implicit_q
@@ -153,8 +154,7 @@ class ClassifierPureTrainer(RLTrainer):
 
     def __init__(self, cfg: Config, model, task, *, checkpointer=None):
         super().__init__(cfg, model, task, checkpointer=checkpointer)
-        mesh = jax.tree.leaves(self.params)[0].sharding.mesh
-        prm = from_hf_prm(cfg.pure.prm_path, dtype=cfg.model.dtype, mesh=mesh)
+        prm = from_hf_prm(cfg.pure.prm_path, dtype=cfg.model.dtype, mesh=self.meshes.prm)
         if prm.backbone.config.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(f"pure.prm_path's vocabulary ({prm.backbone.config.vocab_size}) is smaller than the "
                               f"actor tokenizer's ({self.tokenizer.vocab_size}); the PRM must share the tokenizer")
@@ -175,8 +175,9 @@ class ClassifierPureTrainer(RLTrainer):
         t0 = time.perf_counter()
         pu = self.cfg.pure
         ids, mask, positions = layout.concat(sb.prompt_ids, sb.prompt_mask, sb.response_ids, sb.response_mask)
-        batch = {"ids": ids, "mask": mask, "positions": positions, "response_mask": resp_mask}
-        logits = np.asarray(_classifier_logits(self.prm_graphdef, self.prm_params, jax.tree.map(jnp.asarray, batch)))
+        batch = hostio.put_rows({"ids": ids, "mask": mask, "positions": positions, "response_mask": resp_mask},
+                                self.meshes.prm)
+        logits = np.asarray(hostio.get(_classifier_logits(self.prm_graphdef, self.prm_params, batch)))
         ends = step_ends(self.tokenizer, sb.response_ids, resp_mask, pu.separators, pu.max_steps)
         at_ends = np.take_along_axis(logits, np.maximum(ends, 0)[:, :, None], axis=1)
         pr = np.where(ends >= 0, np.asarray(step_scores_from_logits(at_ends)), 0.0)

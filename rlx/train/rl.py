@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from rlx import hostio
 from rlx.build import build_mesh, build_model
 from rlx.checkpoint import Checkpointer
 from rlx.config import Config, ConfigError, dump_yaml, to_dict
@@ -57,8 +58,9 @@ def warm_start(cfg: Config, model, task: Task, mesh=None, progress_desc: str = "
     progress.close()
     info = {"sft_loss_first": losses[0], "sft_loss_last": float(np.mean(losses[-10:])),
             "sft_seconds": time.perf_counter() - t0, "sft_examples": len(examples)}
+    host_model = on_host(model)  # collective: every process gathers, process 0 writes
     if is_chief():
-        models.to_hf(model, cache)
+        models.to_hf(host_model, cache)
         (cache / "sft.json").write_text(json.dumps(info))
     return model, info
 
@@ -72,7 +74,8 @@ def run(cfg: Config) -> dict:
                           f"run.resume=false would overwrite them; choose a new run.name, delete the "
                           f"directory, or set run.resume=true to continue that run")
     run_dir = prepare_run_dir(cfg.run_dir, dump_yaml(cfg))
-    task = build_task(cfg)
+    # Process 0 builds the task's cached artefacts (the tokenizer) first; the others load them.
+    task = hostio.chief_first(lambda: build_task(cfg), "rlx-task")
     overrides = {"vocab_size": task.tokenizer.vocab_size} if cfg.data.task == "arith" else {}
     # Actor, reference and engine share one mesh; parameters are created in their shardings.
     mesh = build_mesh(cfg.mesh)
@@ -111,10 +114,11 @@ def run(cfg: Config) -> dict:
     checkpointer.close()
     after = evaluate(trainer, task, cfg.run.seed)
     final_dir = run_dir / "final"
+    final_model = trainer_model(trainer)
     if is_chief():
         from rlx import models
 
-        models.to_hf(trainer_model(trainer), final_dir)
+        models.to_hf(final_model, final_dir)
         task.tokenizer.save(final_dir)
     summary = {
         "heldout_accuracy_before": before["greedy"], "heldout_accuracy_after": after["greedy"],
@@ -132,6 +136,15 @@ def run(cfg: Config) -> dict:
 
 
 def trainer_model(trainer: RLTrainer):
+    """The actor as a model whose weights are NumPy arrays on this host (a collective in a
+    multi-process run: every process calls it, then process 0 writes the export)."""
     from flax import nnx
 
-    return nnx.merge(trainer.graphdef, trainer.params)
+    return nnx.merge(trainer.graphdef, hostio.get(trainer.params))
+
+
+def on_host(model):
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, hostio.get(state))

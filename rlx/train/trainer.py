@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlx import hostio
 from rlx.checkpoint import Checkpointer
 from rlx.config import Config, ConfigError
 from rlx.data.pipeline import PromptStream
@@ -23,6 +23,7 @@ from rlx.kernels import ADVANTAGE_FNS
 from rlx.kernels.policy_loss import adaptive_kl_update, kl_penalty
 from rlx.kernels.temperature import temperature_step
 from rlx.train import batch as layout
+from rlx.train import placement
 from rlx.train.optim import adamw, init_state
 from rlx.train.rewards import RewardScorer
 from rlx.train.shaping import LengthSchedule, shape_scores
@@ -67,11 +68,12 @@ class RLTrainer:
         self.cfg, self.task = cfg, task
         self.tokenizer = task.tokenizer
         self.graphdef, params = nnx.split(model)
+        self.meshes = placement.role_meshes(cfg.mesh, params)
         # The engine keeps its own reference to the arrays it is given; the update donates
         # its inputs, so the trainer owns a separate copy.
-        self.params = jax.tree.map(jnp.copy, params)
+        self.params = placement.copy_to(params, self.meshes.actor)
         needs_ref = cfg.algo.kl_coef > 0
-        self.ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
+        self.ref_params = placement.copy_to(params, self.meshes.reference) if needs_ref else None
         self.optimizer = adamw(cfg.optim.lr, cfg.trainer.steps * cfg.trainer.mini_batches * cfg.trainer.epochs,
                                warmup_steps=cfg.optim.warmup_steps, schedule=cfg.optim.schedule,
                                min_lr_ratio=cfg.optim.min_lr_ratio, weight_decay=cfg.optim.weight_decay,
@@ -93,7 +95,7 @@ class RLTrainer:
         self.engine = Engine(model, EngineConfig(
             max_concurrent_decodes=e.max_concurrent_decodes, max_prefill_length=e.max_prefill_length,
             max_cache_len=e.max_cache_len, steps_per_sync=e.steps_per_sync, sampling=self.sampling,
-            eos_ids=tuple(self.tokenizer.eos_ids)))
+            eos_ids=tuple(self.tokenizer.eos_ids)), mesh=self.meshes.engine)
         self.engine.update_params(self.params)
         self.seed = cfg.trainer.seed if cfg.trainer.seed >= 0 else cfg.run.seed
         self.stream = PromptStream(task.train, cfg.trainer.prompts_per_step, seed=self.seed,
@@ -113,6 +115,7 @@ class RLTrainer:
                  for r, m in zip(ro.response_ids, ro.response_mask)]
         rows = [records[g] for g in ro.group_ids]
         scores, correct, reward_metrics = self.rewards(rows, texts, group_ids=ro.group_ids)
+        scores, correct = hostio.same_on_all((scores, correct))
         truncated = np.asarray(ro.finish_reason) == "length"
         scores, shaping_metrics = shape_scores(self.cfg.campo, ro.response_ids, ro.response_mask,
                                                truncated, scores)
@@ -167,22 +170,24 @@ class RLTrainer:
         p_ids, p_mask = sb.prompt_ids, sb.prompt_mask
         ids, mask, positions = layout.concat(p_ids, p_mask, sb.response_ids, sb.response_mask)
         resp_mask = sb.response_mask
-        device = {"ids": ids, "mask": mask, "positions": positions, "response_mask": resp_mask}
-        device = jax.tree.map(jnp.asarray, device)
+        host = {"ids": ids, "mask": mask, "positions": positions, "response_mask": resp_mask}
+        device = hostio.put_rows(host, self.meshes.actor)
         t0 = time.perf_counter()
         # One scoring pass of the rollout policy gives the entropy that temperature control
         # steers and, when asked, the old log-probs recomputed at training precision.
         t_score = max(temperature, 1e-6)  # a greedy rollout is scored as a near-point mass
         logp, entropy = score_with_entropy(self.graphdef, self.params, device, t_score)
-        old_logp = np.asarray(logp) if cfg.algo.recompute_old_logprobs else sb.logprobs
+        entropy = float(hostio.get(entropy))
+        old_logp = hostio.get(logp) if cfg.algo.recompute_old_logprobs else sb.logprobs
         ref_logp = np.zeros_like(old_logp)
         if self.ref_params is not None:
-            ref_logp = np.asarray(score(self.graphdef, self.ref_params, device, t_score))
+            ref_logp = hostio.get(score(self.graphdef, self.ref_params, hostio.put_rows(host, self.meshes.reference),
+                                        t_score))
         t["scoring"] = time.perf_counter() - t0
         adv = self._advantages(sb, old_logp, ref_logp, resp_mask)
         t0 = time.perf_counter()
-        device.update(old_logp=jnp.asarray(old_logp, jnp.float32), ref_logp=jnp.asarray(ref_logp, jnp.float32),
-                      adv=jnp.asarray(adv, jnp.float32))
+        device.update(hostio.put_rows({"old_logp": np.asarray(old_logp, np.float32), "adv": np.asarray(adv, np.float32),
+                                       "ref_logp": np.asarray(ref_logp, np.float32)}, self.meshes.actor))
         update_metrics = self._update(device, step, t_score)
         t["update"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -196,7 +201,7 @@ class RLTrainer:
             "response/length_mean": float(lengths[real].mean()),
             "response/truncated_fraction": float(sb.truncated[real].mean()),
             "actor/kl_coef": self.kl_coef, **update_metrics,
-            "rollout/entropy": float(entropy), "rollout/temperature": temperature,
+            "rollout/entropy": entropy, "rollout/temperature": temperature,
             "rollout/max_new_tokens": float(self.max_new_tokens),
             **{f"time/{k}": v for k, v in t.items()},
             "perf/tokens_per_s": float(lengths.sum()) / max(t["rollout+reward"], 1e-9),
@@ -210,7 +215,7 @@ class RLTrainer:
         if cfg.engine.temperature_control:
             e = cfg.engine
             self.temperature = float(temperature_step(
-                temperature, float(entropy), target=e.target_entropy, rate=e.temperature_rate,
+                temperature, entropy, target=e.target_entropy, rate=e.temperature_rate,
                 min_temperature=e.min_temperature, max_temperature=e.max_temperature))
         self.lengths.observe(metrics["response/length_mean"])
         return metrics
@@ -244,8 +249,7 @@ class RLTrainer:
         for _ in range(cfg.trainer.epochs):
             order = rng.permutation(batch)
             for i in range(cfg.trainer.mini_batches):
-                idx = jnp.asarray(order[i * mini:(i + 1) * mini])
-                mb = jax.tree.map(lambda x: x[idx], device)
+                mb = hostio.take_rows(device, order[i * mini:(i + 1) * mini], self.meshes.actor)
                 self.params, self.opt_state, m = train_step(
                     self.graphdef, self.optimizer, self.spec, self.params, self.opt_state, mb,
                     jnp.float32(self.kl_coef), jnp.float32(temperature))
