@@ -96,6 +96,13 @@ def transfer(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(leaf, tree, shardings)
 
 
+def gather_host(x: np.ndarray) -> np.ndarray:
+    """Every process's equally shaped host array, stacked in process order: [P, ...]."""
+    if not multi_process():
+        return np.asarray(x)[None]
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
+
+
 def same_on_all(tree: Any) -> Any:
     """Process 0's value of a host pytree on every process (identity in a one-process run).
 
