@@ -57,6 +57,8 @@ class DataSection:
     question_field: str = "question"
     # "" = the set has no answers (label-free training such as EMPO; accuracy is then NaN).
     answer_field: str = "answer"
+    # jsonl / parquet sets: the column of demonstration responses for SFT ("" = none).
+    response_field: str = ""
     template: str = "plain"
     max_prompt_len: int = 128
     shuffle: bool = True

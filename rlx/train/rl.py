@@ -15,7 +15,7 @@ from rlx.engine import rollout
 from rlx.metrics import MetricsWriter, Progress, is_chief, prepare_run_dir, write_json
 from rlx.train import report
 from rlx.train.prime import trainer_class
-from rlx.train.sft import SFTExample, train_sft
+from rlx.train.sft import examples_from_task, train_sft
 from rlx.train.task import Task, build_task, cache_dir
 from rlx.train.trainer import RLTrainer
 
@@ -47,9 +47,7 @@ def warm_start(cfg: Config, model, task: Task, mesh=None, progress_desc: str = "
     cache = cache_dir(cfg, "sft", to_dict(cfg.model), to_dict(cfg.sft), to_dict(cfg.data), cfg.run.seed)
     if (cache / "config.json").exists():
         return models.from_hf(cache, dtype=cfg.model.dtype, mesh=mesh), json.loads((cache / "sft.json").read_text())
-    examples = [SFTExample(tuple(task.tokenizer.encode(task.prompt_text(r, cfg.data.template))),
-                           tuple(task.tokenizer.encode(text)) + (task.tokenizer.eos_id,))
-                for r, text in task.demos]
+    examples = examples_from_task(task, cfg.data.template)
     progress = Progress(cfg.sft.steps, progress_desc)
     t0 = time.perf_counter()
     model, losses = train_sft(model, examples, steps=cfg.sft.steps, batch_size=cfg.sft.batch_size,

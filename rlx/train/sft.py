@@ -1,6 +1,8 @@
 """Supervised fine-tuning: next-token cross-entropy on response tokens only.
 
-Used on its own (`python -m rlx.launch sft CONFIG`) and as the warm start before RL.
+Used on its own (`python -m rlx.launch sft CONFIG`: the task's demonstrations -- built into
+the arith task, or `data.response_field` of a jsonl / parquet set -- then the model exported to
+`runs/<name>/final/`) and as the warm start before RL.
 """
 
 from __future__ import annotations
@@ -75,3 +77,54 @@ def train_sft(model: nnx.Module, examples: list[SFTExample], *, steps: int, batc
         if progress is not None:
             progress.update({"sft/loss": float(loss)} if step % 10 == 0 else {})
     return nnx.merge(graphdef, params), [float(x) for x in np.asarray(jnp.stack(losses))]
+
+
+def examples_from_task(task, template: str) -> list[SFTExample]:
+    """(prompt, response + EOS) token pairs from a task's demonstrations."""
+    eos = task.tokenizer.eos_id
+    return [SFTExample(tuple(task.tokenizer.encode(task.prompt_text(r, template))),
+                       tuple(task.tokenizer.encode(text)) + (eos,)) for r, text in task.demos]
+
+
+def run(cfg) -> dict:
+    """The `sft` job: train on the task's demonstrations, log the loss, export the model."""
+    import time
+
+    from rlx import models
+    from rlx.build import build_mesh, build_model
+    from rlx.config import ConfigError, dump_yaml
+    from rlx.metrics import MetricsWriter, Progress, is_chief, prepare_run_dir, write_json
+    from rlx.train.task import build_task
+
+    if cfg.sft.steps < 1:
+        raise ConfigError(f"sft.steps={cfg.sft.steps}: the sft job needs at least one step")
+    task = build_task(cfg)
+    if not task.demos:
+        raise ConfigError(f"data.task={cfg.data.task} has no demonstrations to train on; the built-in "
+                          f"'arith' task has them, and a jsonl / parquet set needs data.response_field "
+                          f"naming its response column")
+    run_dir = prepare_run_dir(cfg.run_dir, dump_yaml(cfg))
+    overrides = {"vocab_size": task.tokenizer.vocab_size} if cfg.data.task == "arith" else {}
+    model = build_model(cfg.model, seed=cfg.run.seed, mesh=build_mesh(cfg.mesh), **overrides)
+    progress = Progress(cfg.sft.steps, "SFT")
+    t0 = time.perf_counter()
+    model, losses = train_sft(model, examples_from_task(task, cfg.data.template), steps=cfg.sft.steps,
+                              batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps,
+                              seed=cfg.run.seed, progress=progress)
+    progress.close()
+    writer = MetricsWriter(run_dir)
+    for step, loss in enumerate(losses, start=1):
+        writer.write(step, {"sft/loss": loss})
+    writer.close()
+    final_dir = run_dir / "final"
+    if is_chief():
+        models.to_hf(model, final_dir)
+        task.tokenizer.save(final_dir)
+    summary = {"sft_steps": len(losses), "sft_examples": len(task.demos), "sft_loss_first": losses[0],
+               "sft_loss_last": float(np.mean(losses[-10:])), "wall_seconds": time.perf_counter() - t0,
+               "final_model": str(final_dir)}
+    write_json(run_dir / "summary.json", summary)
+    if is_chief():
+        print(f"SFT loss {losses[0]:.3f} -> {summary['sft_loss_last']:.3f} over {len(losses)} steps; "
+              f"model: {final_dir}/ (evaluate: python -m rlx.launch eval CONFIG model.hf_path={final_dir})")
+    return summary

@@ -74,7 +74,15 @@ def file_task(cfg: Config, tokenizer) -> Task:
         raise ConfigError(f"data.task='{d.task}' is not known: use 'arith' (built-in), 'jsonl' / "
                           f"'parquet' with data.path, or an evaluation set ({', '.join(EVAL_SETS)})")
     heldout_n = min(d.heldout_size, len(records) // 10)
-    return Task(tokenizer, records[heldout_n:], records[:heldout_n])
+    demos = []
+    if d.response_field:
+        missing = [i for i, r in enumerate(records) if not isinstance(r.get(d.response_field), str)]
+        if missing:
+            raise ConfigError(f"data.response_field='{d.response_field}': record {missing[0]} (and "
+                              f"{len(missing) - 1} more) has no text there; fields available: "
+                              f"{sorted(records[missing[0]])}")
+        demos = [(r, r[d.response_field]) for r in records[heldout_n:]]
+    return Task(tokenizer, records[heldout_n:], records[:heldout_n], demos)
 
 
 def build_task(cfg: Config, tokenizer=None) -> Task:
