@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rlx.models import Transformer, to_hf
-from rlx.train.optim import adamw
+from rlx.train.optim import adamw, init_state
 from rlx.train.update import LossSpec, train_step
 
 
@@ -37,7 +37,7 @@ def bench_rlx_grpo_update(model: Transformer, batch: dict, timed, steps: int = 3
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.tree.map(jnp.copy, params)
     optimizer = adamw(1e-6, 1000, grad_clip=1.0)
-    state = {"params": params, "opt": optimizer.init(params)}
+    state = {"params": params, "opt": init_state(optimizer, params)}
     spec = LossSpec(temperature=1.0, agg="token-mean", max_len=batch["adv"].shape[1])
     device = jax.tree.map(jnp.asarray, batch)
     out = {}

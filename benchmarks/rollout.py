@@ -15,34 +15,11 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from rlx.bench import matmul_peak_flops, rollout_flops
 from rlx.engine import Engine, EngineConfig, rollout
 from rlx.models import from_preset, to_hf
-
-
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Measured fp32 matmul FLOP/s of this machine (JAX, one n x n x n product per call)."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        f(a).block_until_ready()
-    return 2 * n**3 * repeats / (time.perf_counter() - t)
-
-
-def rollout_flops(cfg, batch: int, prompt_len: int, new_tokens: int) -> float:
-    """Forward FLOPs of prefill + decode: 2 x matmul params per token + attention over the context."""
-    d, h, kv, hd, f, v = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
-    per_layer = d * (h + 2 * kv) * hd + h * hd * d + 3 * d * f
-    matmul = 2 * (cfg.n_layers * per_layer + d * v)
-    tokens = prompt_len + new_tokens
-    # Token at position p attends to p + 1 entries: QK^T and PV, 2 FLOPs per multiply-add each.
-    attn_ctx = tokens * (tokens + 1) / 2
-    attention = 4 * cfg.n_layers * h * hd * attn_ctx
-    return batch * (tokens * matmul + attention)
 
 
 def bench_rlx(model, prompts, new_tokens: int, steps_per_sync: int) -> float:
@@ -85,7 +62,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps-per-sync", type=int, default=16)
     args = p.parse_args(argv)
 
-    peak = matmul_peak()
+    peak = matmul_peak_flops()
     rows = []
     for shape in args.shapes.split(","):
         model = from_preset(shape)

@@ -21,7 +21,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -32,35 +31,15 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo_update import bench_rlx_grpo_update, bench_torch_grpo_update, grpo_batch  # noqa: E402
-from rlx.models import ModelConfig, Transformer, from_preset, param_count, to_hf  # noqa: E402
-
-
-def train_step_flops(cfg: ModelConfig, batch: int, seq: int) -> float:
-    """Model FLOPs of one forward+backward over batch x seq tokens (see the module docstring)."""
-    matmul_params = param_count(cfg) - cfg.vocab_size * cfg.d_model
-    if cfg.tie_embeddings:
-        matmul_params += cfg.vocab_size * cfg.d_model
-    attention = 12 * cfg.n_layers * batch * seq**2 * cfg.n_heads * cfg.head_dim
-    return 6.0 * matmul_params * batch * seq + attention
+from rlx.bench import matmul_peak_flops, train_step_flops  # noqa: E402
+from rlx.bench import timed as _timed  # noqa: E402
+from rlx.models import Transformer, from_preset, param_count, to_hf  # noqa: E402
 
 
 def _next_token_loss(logits_BxTxV, input_ids_BxT):
     logprobs = jax.nn.log_softmax(logits_BxTxV[:, :-1], axis=-1)
     picked = jnp.take_along_axis(logprobs, input_ids_BxT[:, 1:, None], axis=-1)
     return -jnp.mean(picked)
-
-
-def _timed(run_step, steps: int) -> tuple[float, float]:
-    """(first call incl. compile, best of `steps` later calls) in seconds."""
-    start = time.perf_counter()
-    run_step()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - start)
-    return first, min(times)
 
 
 def bench_model_fwd_bwd(model: Transformer, input_ids_BxT: np.ndarray, steps: int = 3) -> dict:
@@ -102,15 +81,6 @@ def bench_torch_fwd_bwd(model: Transformer, input_ids_BxT: np.ndarray, steps: in
 
     first_s, step_s = _timed(run, steps)
     return dict(step_s=step_s, first_s=first_s, loss=out["loss"])
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 matmul FLOP/s on the default device (best of `repeats`)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(lambda x, y: x @ y)
-    _, best = _timed(lambda: matmul(a, b).block_until_ready(), repeats)
-    return 2.0 * n**3 / best
 
 
 def print_table(rows: list[tuple[str, dict]], flops: float, tokens: int, peak: float, baseline: str) -> None:
