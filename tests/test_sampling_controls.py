@@ -15,6 +15,7 @@ from rlx.train.shaping import LengthSchedule, shape_scores
 from rlx.train.task import build_task
 from rlx.train.trainer import RLTrainer
 
+from test_engine_tiny import _CompileCounter
 from test_rl_loop import SMALL
 
 
@@ -54,7 +55,7 @@ def test_moving_temperature_does_not_recompile(task):
                               "engine.max_temperature=50"])
     trainer.step()
     t1 = trainer.temperature
-    compiled = _Compiles()
+    compiled = _CompileCounter()
     logger = logging.getLogger("jax")
     logger.addHandler(compiled)
     try:
@@ -65,16 +66,6 @@ def test_moving_temperature_does_not_recompile(task):
         logger.removeHandler(compiled)
     assert trainer.temperature != t1
     assert not [m for m in compiled.messages if "train_step" in m or "score" in m], compiled.messages
-
-
-class _Compiles(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        if "Compiling" in record.getMessage():
-            self.messages.append(record.getMessage()[:120])
 
 
 def test_resume_restores_temperature_and_length_stage(task, tmp_path):
