@@ -56,10 +56,15 @@ def _weights(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("algo", [
+    [],  # GRPO with a KL reference
+    # PURE on the implicit PRM: the PRM role, its update and its checkpointed state as well.
+    ["algo.advantage=pure", 'pure.separators=["\\n"]', "prime.prm_lr=1e-3"],
+], ids=["grpo", "pure"])
+def test_two_processes_match_one_process(tmp_path, algo):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    common = OVERRIDES + [f"run.out_dir={tmp_path}"]
+    common = OVERRIDES + algo + [f"run.out_dir={tmp_path}"]
     one = subprocess.run([sys.executable, str(script), *common, "run.name=one"], env=_env(4),
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -77,7 +82,8 @@ def test_two_processes_match_one_process(tmp_path):
         assert ra.keys() == rb.keys()
         for key in ("reward/mean", "reward/toy", "response/length_mean", "rollout/sequences"):
             assert ra[key] == rb[key], (key, ra[key], rb[key])
-        for key in ("actor/loss", "actor/pg_loss", "actor/kl", "actor/grad_norm", "actor/entropy"):
+        for key in ("actor/loss", "actor/pg_loss", "actor/kl", "actor/grad_norm", "actor/entropy",
+                    *(k for k in ra if k.startswith(("prm/", "pure/")))):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), key
 
     wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
