@@ -203,9 +203,12 @@ def activation_bytes(inventory: dict, *, layers: int, rows: int, seq: int, vocab
 def roles_of(cfg) -> tuple[str, ...]:
     """The models a run holds: a reference only when something reads its log-probs."""
     algo = cfg.algo
-    prime = algo.advantage == "prime"
-    needs_ref = prime or algo.kl_coef > 0 or algo.kl_in_reward
-    return ("actor",) + (("reference",) if needs_ref else ()) + (("prm",) if prime else ()) + ("engine",)
+    # PRIME and PURE's implicit PRM train a PRM against a frozen reference; PURE's classifier
+    # PRM is a frozen scorer, which the "prm" role's trained-model estimate covers from above.
+    implicit_prm = algo.advantage == "prime" or (algo.advantage == "pure" and cfg.pure.prm == "implicit")
+    prm = implicit_prm or algo.advantage == "pure"
+    needs_ref = implicit_prm or algo.kl_coef > 0 or algo.kl_in_reward
+    return ("actor",) + (("reference",) if needs_ref else ()) + (("prm",) if prm else ()) + ("engine",)
 
 
 def train_shape(cfg) -> tuple[int, int, int]:
