@@ -176,6 +176,9 @@ class EmpoSection:
     # Seconds per equivalence check (math's symbolic path); a check that runs over counts as
     # "different".
     timeout: float = 2.0
+    # Prompt filter: keep a group iff low <= its semantic entropy H_g <= high (nats; log G when all
+    # G answers differ), drawing more prompts as dynamic sampling does; [] = keep all.
+    entropy_band: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,13 @@ def check_objectives(cfg: Config) -> None:
         raise ConfigError("campo.boundaries is set but campo.max_lengths is empty; list the stage lengths")
     if c.loop_min_repeats < 2:
         raise ConfigError(f"campo.loop_min_repeats={c.loop_min_repeats} must be >= 2")
+    band = cfg.rewards.empo.entropy_band
+    if band and (len(band) != 2 or not 0 <= band[0] <= band[1]):
+        raise ConfigError(f"rewards.empo.entropy_band={list(band)} must be [low, high] with 0 <= low <= high "
+                          f"(nats), or [] for no filter")
+    if band and not any(spec.name == "empo" for spec in cfg.rewards.fns):
+        raise ConfigError("rewards.empo.entropy_band filters on the empo reward's entropy; add "
+                          "{name: empo} to rewards.fns or drop the band")
     if cfg.pure.prm == "classifier" and not cfg.pure.prm_path:
         raise ConfigError("pure.prm=classifier needs pure.prm_path: a PRM checkpoint directory")
     if cfg.pure.temperature <= 0 or cfg.pure.max_steps < 1 or not cfg.pure.separators:

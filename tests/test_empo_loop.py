@@ -68,7 +68,9 @@ def test_scorer_passes_groups_and_reports_nan_accuracy_without_gold():
     section = load_config(None, ["rewards.fns=[{name: empo}]", "rewards.workers=0"]).rewards
     scorer = RewardScorer(section)
     rows = [{"question": "q"}] * 2 + [{"question": "r", "answer": "4"}] * 2
-    scores, correct, _ = scorer(rows, ["\\boxed{1}", "\\boxed{1}", "\\boxed{4}", "\\boxed{5}"], group_ids=[0, 0, 1, 1])
+    scores, correct, _, per_fn = scorer(rows, ["\\boxed{1}", "\\boxed{1}", "\\boxed{4}", "\\boxed{5}"],
+                                        group_ids=[0, 0, 1, 1])
+    np.testing.assert_allclose(per_fn["empo"], scores)  # one reward at weight 1
     np.testing.assert_allclose(scores, [1.0, 1.0, 0.0, 0.0])
     assert np.isnan(correct[:2]).all() and list(correct[2:]) == [1.0, 0.0]
     with pytest.raises(ConfigError, match="module:function"):
@@ -99,3 +101,33 @@ def test_empo_loop_trains_two_steps_on_prompts_without_answers(tmp_path):
     end = [np.asarray(x) for x in jax.tree.leaves(trainer.params)]
     # The untrained model's "last numbers" agree often enough to give a learning signal.
     assert any(not np.array_equal(a, b) for a, b in zip(start, end))
+
+
+def test_entropy_band_keeps_only_groups_inside_it(tmp_path):
+    cfg = load_config(None, SMALL + [f"run.out_dir={tmp_path}", "algo.advantage=empo", "algo.n=4",
+                                     "rewards.fns=[{name: empo}]", "rewards.boxed_required=false",
+                                     "rewards.empo.entropy_band=[0.5, 1.2]"])
+    task = build_task(cfg)
+    model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
+    trainer = RLTrainer(cfg, model, task)
+    assert trainer._sampling_rounds() == 1 + cfg.algo.max_oversample_rounds
+    sb, metrics = trainer._sample(trainer.stream.next(), seed=0)
+    # The entropy comes back from the rewards alone: check it against the clusters' definition.
+    texts = [trainer.tokenizer.decode(r[m.astype(bool)].tolist()) for r, m in zip(sb.response_ids, sb.response_mask)]
+    for grp in range(4):
+        answers = [empo.extract(t, boxed_required=False) for t in texts[4 * grp:4 * grp + 4]]
+        ids = empo.cluster(answers, lambda a, b: equivalent(a, b))
+        h = -sum(ids.count(c) / 4 * math.log(ids.count(c) / 4) for c in set(ids))
+        assert sb.entropy[4 * grp] == pytest.approx(h, abs=1e-5)
+    assert metrics["empo/semantic_entropy"] == pytest.approx(float(sb.entropy.mean()))
+    sb.entropy = np.repeat([0.0, 0.5, 1.2, math.log(4)], 4).astype(np.float32)  # 1.2 rounds up in float32
+    assert trainer._keep_groups(sb).tolist() == [False, True, True, False]
+    m = trainer.step()
+    assert 0.0 <= m["filter/kept_fraction"] <= 1.0 and np.isfinite(m["actor/loss"])
+
+
+def test_entropy_band_needs_the_empo_reward():
+    with pytest.raises(ConfigError, match="entropy_band"):
+        load_config(None, SMALL + ["rewards.empo.entropy_band=[0.5, 1.2]"])
+    with pytest.raises(ConfigError, match="entropy_band"):
+        load_config(None, SMALL + ["rewards.fns=[{name: empo}]", "rewards.empo.entropy_band=[1.0]"])

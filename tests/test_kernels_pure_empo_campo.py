@@ -148,6 +148,7 @@ def test_empo_random_vs_reference(seed):
     mask = np.ones((B, 3), np.float32)
     np.testing.assert_allclose(np.asarray(jax.jit(E.empo_advantages)(r, mask, g)),
                                ref.grpo(r_ref, mask, g, eps=1e-4), **TOL)
+    np.testing.assert_allclose(np.asarray(jax.jit(E.entropy_from_rewards)(r, g)), h_ref, **TOL)
     keep = np.asarray(E.entropy_band_keep(h, g, low=0.5, high=1.2))
     np.testing.assert_array_equal(keep, (g >= 0) & (h_ref >= 0.5) & (h_ref <= 1.2))
 

@@ -67,6 +67,21 @@ def empo_rewards(cluster_ids_B, group_ids_B, empty_B):
     return rewards, jnp.where(valid_B, entropy_B, 0.0)
 
 
+def entropy_from_rewards(rewards_B, group_ids_B):
+    """A group's semantic entropy H_g back from its EMPO rewards, on every row (0 on padding).
+
+    A non-empty answer in a confident group earns p_c(i); every other row is a singleton
+    (p = 1/G) and earns 0 -- so H_g = -(1/G) sum_{i in g} log max(r_i, 1/G), exactly. This lets
+    the trainer filter on H_g with only the rewards, which come back from reward workers.
+    """
+    seg_B, valid_B = group_segments(group_ids_B)
+    g_B = jnp.maximum(group_size(group_ids_B), 1.0)
+    p_B = jnp.maximum(jnp.asarray(rewards_B, jnp.float32), 1.0 / g_B)
+    terms = jnp.where(valid_B, -jnp.log(p_B), 0.0)
+    entropy_B = jax.ops.segment_sum(terms, seg_B, num_segments=seg_B.shape[0])[seg_B] / g_B
+    return jnp.where(valid_B, entropy_B, 0.0)
+
+
 def empo_advantages(rewards_B, mask_BxL, group_ids_B, *, epsilon=1e-4):
     """(r - mean_g) / (std_g + 1e-4), unbiased std, broadcast over the response tokens."""
     return grpo(rewards_B, mask_BxL, group_ids_B, epsilon=epsilon)

@@ -36,9 +36,10 @@ class RewardScorer:
         self.runner = RewardRunner(fns, num_workers=section.workers, timeout=section.timeout)
 
     def __call__(self, rows: list[dict], responses: list[str],
-                 group_ids=None) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Scores, correctness (NaN without gold) and metrics; `group_ids` (one per response)
-        say which responses share a prompt -- by default, runs of the same row object."""
+                 group_ids=None) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+        """Scores, correctness (NaN without gold), metrics and each reward's own (unweighted)
+        scores; `group_ids` (one per response) say which responses share a prompt -- by
+        default, runs of the same row object."""
         answers = [_gold(r) for r in rows]
         prompts = [r.get("question", "") for r in rows]
         fields = {"answer": answers}
@@ -56,7 +57,8 @@ class RewardScorer:
         for key, count in result.counters.items():
             if not key.endswith("/ok"):
                 metrics[f"reward_calls/{key}"] = float(count)
-        return scores, correct, metrics
+        per_fn = {name: np.asarray(v, np.float32) for name, v in result.per_fn.items()}
+        return scores, correct, metrics, per_fn
 
 
 def _gold(row: dict):

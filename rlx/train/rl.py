@@ -30,7 +30,7 @@ def heldout_accuracy(trainer: RLTrainer, records: list[dict], *, temperature: fl
                  top_p=e.top_p if temperature else 1.0, top_k=e.top_k if temperature else 0, seed=seed,
                  stop=e.stop, tokenizer=trainer.tokenizer, engine=trainer.engine)
     texts = [trainer.tokenizer.decode(r[m.astype(bool)].tolist()) for r, m in zip(ro.response_ids, ro.response_mask)]
-    _, correct, _ = trainer.rewards([records[g] for g in ro.group_ids], texts)
+    _, correct, _, _ = trainer.rewards([records[g] for g in ro.group_ids], texts)
     return float(np.mean(correct))
 
 

@@ -20,6 +20,7 @@ from rlx.config import Config, ConfigError
 from rlx.data.pipeline import PromptStream
 from rlx.engine import Engine, EngineConfig, SamplingConfig, rollout
 from rlx.kernels import ADVANTAGE_FNS
+from rlx.kernels.empo import entropy_from_rewards
 from rlx.kernels.policy_loss import adaptive_kl_update, kl_penalty
 from rlx.kernels.temperature import temperature_step
 from rlx.train import batch as layout
@@ -47,6 +48,8 @@ class StepBatch:
     scores: np.ndarray
     correct: np.ndarray
     truncated: np.ndarray
+    # EMPO's semantic entropy H_g of each row's group (None when the empo reward is not used).
+    entropy: np.ndarray | None = None
 
 
 def loss_spec(cfg: Config, micro_batches: int, max_len: int | None = None) -> LossSpec:
@@ -114,8 +117,11 @@ class RLTrainer:
         texts = [self.tokenizer.decode(r[m.astype(bool)].tolist())
                  for r, m in zip(ro.response_ids, ro.response_mask)]
         rows = [records[g] for g in ro.group_ids]
-        scores, correct, reward_metrics = self.rewards(rows, texts, group_ids=ro.group_ids)
-        scores, correct = hostio.same_on_all((scores, correct))
+        scores, correct, reward_metrics, per_fn = self.rewards(rows, texts, group_ids=ro.group_ids)
+        entropy = np.asarray(entropy_from_rewards(per_fn["empo"], ro.group_ids)) if "empo" in per_fn else None
+        scores, correct, entropy = hostio.same_on_all((scores, correct, entropy))
+        if entropy is not None:
+            reward_metrics = {**reward_metrics, "empo/semantic_entropy": float(entropy.mean())}
         truncated = np.asarray(ro.finish_reason) == "length"
         scores, shaping_metrics = shape_scores(self.cfg.campo, ro.response_ids, ro.response_mask,
                                                truncated, scores)
@@ -125,7 +131,7 @@ class RLTrainer:
         else:
             ro_mask = ro.response_mask
         return StepBatch(records, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro_mask.astype(np.int32),
-                         ro.logprobs, ro.group_ids, scores, correct, truncated), reward_metrics
+                         ro.logprobs, ro.group_ids, scores, correct, truncated, entropy), reward_metrics
 
     def _collect(self, step: int) -> tuple[StepBatch, dict]:
         """Rollouts for one step; with dynamic sampling, drop groups whose rewards are all
@@ -148,16 +154,23 @@ class RLTrainer:
 
     def _sampling_rounds(self) -> int:
         """Most rounds of prompts `_collect` draws to fill a step (a hook for subclasses)."""
-        return 1 + (self.cfg.algo.max_oversample_rounds if self.cfg.algo.dynamic_sampling else 0)
+        refill = self.cfg.algo.dynamic_sampling or bool(self.cfg.rewards.empo.entropy_band)
+        return 1 + (self.cfg.algo.max_oversample_rounds if refill else 0)
 
     def _keep_groups(self, sb: StepBatch) -> np.ndarray:
         """Which of a round's groups may enter the batch, one bool per prompt (a hook for
-        subclasses); with dynamic sampling, those whose rewards are not all equal."""
+        subclasses): with dynamic sampling, those whose rewards (or correctness) are not all
+        equal; with an EMPO entropy band, those whose semantic entropy lies inside it."""
         want, n = self.cfg.trainer.prompts_per_step, self.cfg.algo.n
-        if not self.cfg.algo.dynamic_sampling:
-            return np.ones(want, bool)
-        s = (sb.correct if self.cfg.algo.dynamic_sampling_metric == "correct" else sb.scores).reshape(want, n)
-        return ~np.all(s == s[:, :1], axis=1)
+        keep = np.ones(want, bool)
+        if self.cfg.algo.dynamic_sampling:
+            s = (sb.correct if self.cfg.algo.dynamic_sampling_metric == "correct" else sb.scores).reshape(want, n)
+            keep &= ~np.all(s == s[:, :1], axis=1)
+        band = self.cfg.rewards.empo.entropy_band
+        if band:
+            h = sb.entropy.reshape(want, n)[:, 0]  # float32: the bounds hold to 1e-6
+            keep &= (h >= band[0] - 1e-6) & (h <= band[1] + 1e-6)
+        return keep
 
     def step(self) -> dict:
         cfg, t = self.cfg, {}
@@ -310,8 +323,9 @@ def _assemble(parts: list[tuple[StepBatch, np.ndarray]], want: int, n: int) -> S
         rows.append((sb0, np.arange(g * n, (g + 1) * n), -1))
         records.append(sb0.records[g % len(sb0.records)])
     fields = {}
-    for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs",
-                 "scores", "correct", "truncated"):
+    names = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "scores", "correct",
+             "truncated"] + (["entropy"] if parts[0][0].entropy is not None else [])
+    for name in names:
         arrays = [getattr(sb, name)[idx] for sb, idx, _ in rows]
         if name in ("prompt_ids", "prompt_mask"):
             width = max(a.shape[1] for a in arrays)
