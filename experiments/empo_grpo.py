@@ -13,6 +13,10 @@ from compare import Method, main
 METHODS = [
     Method("GRPO (labels)", "grpo", "configs/quickstart.yaml"),
     Method("EMPO (no labels)", "empo", "configs/empo_quickstart.yaml"),
+    # The same, training only on prompts whose 7 answers are not too spread: H_g <= 1 nat
+    # (all 7 different is log 7 = 1.95), refilled from up to 3 more rounds of prompts.
+    Method("EMPO, H_g <= 1.0 (no labels)", "empo-band", "configs/empo_quickstart.yaml",
+           ["rewards.empo.entropy_band=[0.0, 1.0]"]),
 ]
 
 if __name__ == "__main__":
