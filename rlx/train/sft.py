@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from rlx.train import batch as layout
-from rlx.train.optim import adamw
+from rlx.train.optim import adamw, init_state
 from rlx.train.update import score_logprobs
 
 
@@ -60,7 +60,7 @@ def train_sft(model: nnx.Module, examples: list[SFTExample], *, steps: int, batc
     # Copy: the jitted step donates its inputs and the caller may still hold `model`.
     params = jax.tree.map(jnp.copy, params)
     optimizer = adamw(lr, steps, warmup_steps=warmup_steps, grad_clip=1.0)
-    opt_state = optimizer.init(params)
+    opt_state = init_state(optimizer, params)
     rng = random.Random(seed)
     order: list[int] = []
     losses = []
