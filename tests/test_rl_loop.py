@@ -36,6 +36,19 @@ def _trainer(cfg, task, ckpt_dir=None):
     return RLTrainer(cfg, model, task, checkpointer=ckpt)
 
 
+def interrupted(make, ckpt_dir, steps: int = 2):
+    """A trainer from `make(ckpt_dir)` run `steps` steps and saved, and a second one restored
+    from that checkpoint (not yet stepped): (first, resumed)."""
+    first = make(ckpt_dir)
+    for _ in range(steps):
+        first.step()
+    first.save(force=True)
+    first.checkpointer.close()
+    resumed = make(ckpt_dir)
+    assert resumed.restore()
+    return first, resumed
+
+
 def _leaves(params):
     return [np.asarray(x) for x in jax.tree.leaves(params)]
 
@@ -46,13 +59,8 @@ def test_resume_is_bitwise_equal_to_uninterrupted(setup, tmp_path):
     for _ in range(3):
         straight.step()
 
-    first = _trainer(cfg, task, tmp_path / "ckpt")
-    first.step()
-    first.step()
-    first.save(force=True)
-    first.checkpointer.close()
-    resumed = _trainer(cfg, task, tmp_path / "ckpt")
-    assert resumed.restore() and resumed.step_count == 2
+    _, resumed = interrupted(lambda ckpt: _trainer(cfg, task, ckpt), tmp_path / "ckpt")
+    assert resumed.step_count == 2
     resumed.step()
     for a, b in zip(_leaves(straight.params), _leaves(resumed.params)):
         np.testing.assert_array_equal(a, b)

@@ -16,7 +16,7 @@ from rlx.train.task import build_task
 from rlx.train.trainer import RLTrainer
 
 from test_engine_tiny import _CompileCounter
-from test_rl_loop import SMALL
+from test_rl_loop import SMALL, interrupted
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +74,7 @@ def test_resume_restores_temperature_and_length_stage(task, tmp_path):
     straight = _trainer(task, overrides)
     for _ in range(3):
         straight.step()
-    first = _trainer(task, overrides, tmp_path / "ckpt")
-    first.step()
-    first.step()
-    first.save(force=True)
-    first.checkpointer.close()
-    resumed = _trainer(task, overrides, tmp_path / "ckpt")
-    assert resumed.restore()
+    first, resumed = interrupted(lambda ckpt: _trainer(task, overrides, ckpt), tmp_path / "ckpt")
     assert resumed.temperature == first.temperature != 1.0
     assert resumed.lengths.state == first.lengths.state
     resumed.step()
