@@ -60,7 +60,9 @@ class DataSection:
     # jsonl / parquet sets: the column of demonstration responses for SFT ("" = none).
     response_field: str = ""
     template: str = "plain"
-    max_prompt_len: int = 128
+    # Prompts longer than this many tokens are dropped (and counted) when the data loads;
+    # 0 = engine.max_prefill_length, the longest prompt the engine takes.
+    max_prompt_len: int = 0
     shuffle: bool = True
     # Built-in task only: how many problems to generate for training and held-out evaluation.
     train_size: int = 20000
@@ -120,7 +122,9 @@ class AlgoSection:
     recompute_old_logprobs: bool = False
     w_reinforce_lambda: float = 0.1
     gamma: float = 1.0
-    lam: float = 1.0
+    # Keyword arguments of your own estimator (algo.advantage=module:function); built-ins read
+    # their settings from named keys instead.
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,6 @@ class TrainerSection:
     mini_batches: int = 1
     epochs: int = 1
     micro_batch_size: int = 0
-    log_every: int = 1
     eval_every: int = 0
 
 
@@ -420,9 +423,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"engine.max_cache_len={cfg.engine.max_cache_len} is smaller than "
                           f"max_prefill_length + the longest response ({longest}) = "
                           f"{cfg.engine.max_prefill_length + longest}; raise it")
-    from rlx.config_checks import check_objectives
+    from rlx.config_checks import check_sections
 
-    check_objectives(cfg)
+    check_sections(cfg)
 
 
 def dump_yaml(cfg: Config) -> str:
