@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rlx import hostio
+from rlx.engine import layout
 from rlx.engine.engine import Engine
 from rlx.engine.sampling import SamplingConfig
 from rlx.engine.state import EngineConfig, pick_bucket, pow2_buckets
@@ -60,7 +61,7 @@ def default_engine_config(prompts: Sequence[Sequence[int]], n: int, max_new_toke
 class EngineCache:
     """The engines `rollout(model, ...)` builds, reused across calls.
 
-    Keyed by the model's graph (architecture and dtypes) and the engine config, so a second
+    Keyed by the model's graph (architecture and dtypes), its mesh and the engine config, so a second
     call with the same model and nearby sizes reuses the engine -- and every program it has
     compiled. Each call hands the engine the model's current weights (`update_params`: no
     copy when they already sit where the engine keeps them), so a model updated in place, or
@@ -73,7 +74,7 @@ class EngineCache:
 
     def get(self, model: nnx.Module, config: EngineConfig) -> Engine:
         graphdef, params = nnx.split(model)
-        key = (graphdef, config)
+        key = (graphdef, config, layout.mesh_of(params))  # weights on another mesh: another engine
         engine = self._engines.pop(key, None)
         if engine is None:
             engine = Engine(model, config)
