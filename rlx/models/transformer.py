@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rlx.mesh import with_logical_constraint
-from rlx.models.attention import attend, cache_mask, full_sequence_mask
+from rlx.models.attention import attend, cache_mask, resolve_attention, sequence_attention
 from rlx.models.config import ModelConfig
 from rlx.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
@@ -208,10 +208,11 @@ class Transformer(nnx.Module):
         if positions_BxT is None:
             positions_BxT = default_positions(attention_mask_BxT, batch, seq)
         cos, sin = rope_cos_sin(positions_BxT, _inv_freq(cfg), cfg.dtype)
-        mask_BxTxT = full_sequence_mask(attention_mask_BxT, batch, seq)
+        attend_fn = sequence_attention(resolve_attention(cfg.attention, cfg.dtype, cfg.head_dim),
+                                       attention_mask_BxT, batch, seq)
 
         def body(x, p):
-            return _layer(cfg, p, x, cos, sin, lambda q, k, v: attend(q, k, v, mask_BxTxT))
+            return _layer(cfg, p, x, cos, sin, attend_fn)
 
         if cfg.remat != "none":
             # prevent_cse only matters outside a scan; inside one it just blocks optimisations.
