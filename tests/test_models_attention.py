@@ -92,3 +92,23 @@ def test_auto_is_xla_on_cpu_and_bad_choices_name_the_fix():
     q, k, v, mask = _inputs(100)
     with pytest.raises(ValueError, match="multiple of 128.*model.attention=xla"):
         sequence_attention("splash", mask, *mask.shape)(q, k, v)
+
+
+def test_splash_under_a_mesh_runs_per_shard(splash_on_cpu):
+    """The shard_map path (a 1x1x1 mesh here; multi-device meshes split batch and heads)."""
+    from rlx.mesh import single_device_mesh
+
+    q, k, v, mask = _inputs(128)
+    with jax.set_mesh(single_device_mesh()):
+        out = jax.jit(sequence_attention("splash", mask, *mask.shape))(q, k, v)
+    real = np.asarray(mask, bool)
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(_reference(q, k, v, mask))[real], **TOL)
+
+
+def test_config_rejects_unknown_attention_and_negative_chunk():
+    from rlx.config import ConfigError, load_config
+
+    for override, match in [("model.attention=flash", "model.attention='flash' is not one of"),
+                            ("model.logits_chunk=-1", "model.logits_chunk=-1 must be >= 0")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, [override])
