@@ -103,14 +103,15 @@ def test_entropy_carries_no_gradient_unless_asked():
 
 def test_train_step_chunked_equals_whole_sequence():
     """Loss, metrics and updated parameters of the jitted update: chunk 3 (4 chunks, padded) vs 0."""
-    spec = LossSpec(temperature=0.8, agg="seq-mean-token-sum-norm", max_len=RESPONSE, use_kl=True,
+    spec = LossSpec(agg="seq-mean-token-sum-norm", max_len=RESPONSE, use_kl=True,
                     entropy_coef=0.01, micro_batches=1)
     sgd = optax.sgd(1.0)
     out = []
     for chunk in (0, 3):
         graphdef, params = nnx.split(_model(chunk))
         batch = jax.tree.map(jnp.asarray, _batch(512, seed=2))
-        new, _, metrics = train_step(graphdef, sgd, spec, params, sgd.init(params), batch, jnp.float32(0.1))
+        new, _, metrics = train_step(graphdef, sgd, spec, params, sgd.init(params), batch, jnp.float32(0.1),
+                                     jnp.float32(0.8))
         out.append((new, metrics))
     (new0, m0), (new3, m3) = out
     for key in m0:
