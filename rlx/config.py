@@ -38,6 +38,10 @@ class ModelSection:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    # Full-sequence attention: auto | xla | cudnn | splash (auto = splash on TPU, cudnn on GPU where
+    # the shapes fit, else xla). Log-probs / entropy: sequence positions unembedded per chunk (0 = all).
+    attention: str = "auto"
+    logits_chunk: int = 256
     # Architecture overrides applied on top of the preset (e.g. {"n_layers": 2}).
     overrides: dict = field(default_factory=dict)
 
@@ -397,6 +401,12 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value} must be >= 1")
+    from rlx.models.config import ATTENTION_IMPLS  # here: rlx.models pulls in jax
+
+    if cfg.model.attention not in ATTENTION_IMPLS:
+        raise ConfigError(f"model.attention='{cfg.model.attention}' is not one of {', '.join(ATTENTION_IMPLS)}")
+    if cfg.model.logits_chunk < 0:
+        raise ConfigError(f"model.logits_chunk={cfg.model.logits_chunk} must be >= 0 (0 = the whole response at once)")
     if cfg.trainer.steps < 0:
         raise ConfigError(f"trainer.steps={cfg.trainer.steps} must be >= 0")
     if cfg.engine.temperature < 0:
