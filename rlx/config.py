@@ -401,12 +401,6 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value} must be >= 1")
-    from rlx.models.config import ATTENTION_IMPLS  # here: rlx.models pulls in jax
-
-    if cfg.model.attention not in ATTENTION_IMPLS:
-        raise ConfigError(f"model.attention='{cfg.model.attention}' is not one of {', '.join(ATTENTION_IMPLS)}")
-    if cfg.model.logits_chunk < 0:
-        raise ConfigError(f"model.logits_chunk={cfg.model.logits_chunk} must be >= 0 (0 = the whole response at once)")
     if cfg.trainer.steps < 0:
         raise ConfigError(f"trainer.steps={cfg.trainer.steps} must be >= 0")
     if cfg.engine.temperature < 0:
