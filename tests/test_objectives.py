@@ -142,3 +142,19 @@ def test_the_trainer_runs_its_programs_under_the_actor_mesh(tmp_path, monkeypatc
     trainer.step()
     # The update's program is traced last in a step; the scoring pass's before it.
     assert seen and seen[-1] == trainer.meshes.actor.abstract_mesh, seen
+
+
+def test_training_sft_and_eval_prompts_share_the_chat_style(tmp_path):
+    from rlx.evaluate import build_prompt
+    from rlx.train.sft import examples_from_task
+
+    cfg = load_config(None, SMALL + [f"run.out_dir={tmp_path}", "tokenizer.chat_style=chatml",
+                                     "engine.max_prefill_length=128", "engine.max_cache_len=160"])
+    task = build_task(cfg)
+    record, demo = task.demos[0]
+    want = build_prompt(record["question"], "plain", "chatml")  # what the eval job sends
+    assert want.startswith("<|im_start|>user\n") and task.prompter.text(record["question"]) == want
+    assert task.prompter.records([record])[0] == task.tokenizer.encode(want)
+    assert list(examples_from_task(task)[0].prompt_ids) == task.tokenizer.encode(want)
+    trainer = RLTrainer(cfg, build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size), task)
+    assert "<|im_end|>" in trainer.stop  # the chat turn's end stops a rollout

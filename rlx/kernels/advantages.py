@@ -14,8 +14,9 @@ Registry calling convention (`ESTIMATORS` here, `rlx.kernels.ADVANTAGE_FNS` for 
                               values_BxL=None, **hyper)
 
 Outcome estimators use `scores_B`, or `sum_t token_rewards_BxL * mask` when it is None.
-Token-level estimators (`reinforce_pp`, `gae`) use `token_rewards_BxL`, or place `scores_B` on
-each row's last valid token when it is None. Inputs an estimator does not use are ignored, so the
+The token-level estimator (`reinforce_pp`) uses `token_rewards_BxL`, or places `scores_B` on
+each row's last valid token when it is None. `gae` is a kernel, not a registered estimator: it
+needs a critic's values, and rlx has no critic role yet. Inputs an estimator does not use are ignored, so the
 trainer may pass everything it has; unknown hyper-parameter names raise TypeError.
 For outcome estimators `returns_BxL` is the advantage itself (as in verl).
 """
@@ -278,19 +279,12 @@ def _reinforce_pp_entry(*, mask_BxL, group_ids_B, scores_B=None, token_rewards_B
     return reinforce_pp(r, mask_BxL, group_ids_B, gamma=gamma)
 
 
-def _gae_entry(*, mask_BxL, group_ids_B, values_BxL, scores_B=None, token_rewards_BxL=None,
-               gamma=1.0, lam=1.0, whiten=True):
-    r = token_rewards_from_inputs(scores_B, token_rewards_BxL, mask_BxL)
-    return gae(r, values_BxL, mask_BxL, group_ids_B, gamma=gamma, lam=lam, whiten=whiten)
-
-
 ESTIMATORS = {
     "grpo": _outcome_entry(grpo),
     "dr_grpo": _outcome_entry(dr_grpo),
     "rloo": _outcome_entry(rloo),
     "reinforce_pp": _reinforce_pp_entry,
     "reinforce_pp_baseline": _outcome_entry(reinforce_pp_baseline),
-    "gae": _gae_entry,
     "w_reinforce": _outcome_entry(w_reinforce),
     "psr": _outcome_entry(psr),
     "nsr": _outcome_entry(nsr),
