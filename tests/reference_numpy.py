@@ -83,10 +83,9 @@ def reinforce_pp(r, mask, group_ids, gamma):
     G = np.zeros_like(r)
     for b in range(B):
         running = 0.0
-        for t in reversed(range(L)):
-            running = r[b, t] + gamma * running
+        for t in reversed(range(L)):  # the return carries across masked positions
+            running = r[b, t] * m[b, t] + gamma * running
             G[b, t] = running
-            running = running * m[b, t]
     return masked_whiten(G, m) * m, G * m
 
 
@@ -188,7 +187,7 @@ def aggregate(mode, loss, mask, max_len=None):
     if mode == "token-mean":
         return (loss * m).sum() / m.sum()
     if mode == "seq-mean-token-sum-norm":
-        return (loss * m).sum() / max_len
+        return (loss * m).sum() / ((m.sum(1) > 0).sum() * max_len)
     per_seq = []
     for b in range(loss.shape[0]):
         if m[b].sum() == 0:

@@ -215,3 +215,13 @@ def test_group_ids_need_not_be_contiguous_or_small():
     perm = np.random.default_rng(0).permutation(len(s))
     np.testing.assert_allclose(np.asarray(A.rloo(s[perm], m[perm], g[perm])),
                                np.asarray(A.rloo(s, m, g))[perm], **TOL)
+
+
+def test_reinforce_pp_return_carries_across_a_masked_span():
+    # ALGORITHMS.md section 1: a tool's output (masked) between two turns passes the return on.
+    _, ret = A.reinforce_pp(np.array([[0.0, 0.0, 1.0]], np.float32), np.array([[1, 0, 1]], np.float32),
+                            np.zeros(1, np.int32), gamma=1.0)
+    np.testing.assert_allclose(np.asarray(ret), [[1.0, 0.0, 1.0]])
+    _, ret = A.reinforce_pp(np.array([[0.0, 7.0, 0.0, 1.0]], np.float32), np.array([[1, 0, 0, 1]], np.float32),
+                            np.zeros(1, np.int32), gamma=0.5)
+    np.testing.assert_allclose(np.asarray(ret), [[0.125, 0.0, 0.0, 1.0]])  # masked reward 7 adds nothing

@@ -177,7 +177,7 @@ def test_aggregation_denominators_and_empty_batch():
     mask = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]], np.float32)
     loss = np.ones((3, 3), np.float32)
     assert [float(AGGREGATIONS[k](loss, mask, max_len=8)[1]) for k in MODES] == \
-        [2.0, 2.0, 8.0, 3.0]  # seq-mean-token-mean, seq-mean-token-sum, -norm, token-mean
+        [2.0, 2.0, 16.0, 3.0]  # seq-mean-token-mean, seq-mean-token-sum, -norm (2 rows x 8), token-mean
     zero = np.zeros((2, 3), np.float32)
     for mode in MODES:
         assert float(AG.aggregate(mode, loss[:2], zero, max_len=8)) == 0.0
@@ -221,3 +221,27 @@ def test_temperature_controller_converges_on_fixed_logits():
 
     t_final, _ = run(jnp.float32(1.0))
     assert float(T.mean_token_entropy(logits, mask, t_final)) == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.parametrize("adv, bound", [(-1.0, "high"), (2.0, "low")])
+def test_ppo_gradient_passes_whole_on_a_clip_bound(adv, bound):
+    # The ratio lands exactly on 1 + eps_high with A < 0 (or 1 - eps_low with A > 0): both
+    # branches are equal there and the loss is smooth towards the unclipped side, so the
+    # gradient is the unclipped one, -A rho -- not 0.75 of it from a split tie.
+    lr = np.float32(0.15 if bound == "high" else -0.15)
+    ratio = float(np.exp(np.float32(lr)))
+    eps = {"eps_high": ratio - 1.0, "eps_low": 0.2} if bound == "high" else {"eps_low": 1.0 - ratio, "eps_high": 0.2}
+    old = np.zeros((1, 1), np.float32)
+
+    def loss(logp):
+        return P.ppo_clip_loss(logp, old, np.full((1, 1), adv, np.float32), dual_clip_c=None, **eps).loss_BxL.sum()
+
+    grad = float(jax.grad(loss)(np.full((1, 1), lr, np.float32))[0, 0])
+    assert grad == pytest.approx(-adv * ratio, rel=1e-6)
+
+
+def test_dr_grpo_normaliser_is_sequences_times_max_len():
+    # ALGORITHMS.md section 3: mean over non-empty sequences of the token sum, / L_max.
+    loss = np.array([[1.0, 2.0, 0.0], [5.0, 5.0, 5.0], [3.0, 0.0, 0.0]], np.float32)
+    mask = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]], np.float32)
+    assert float(AG.aggregate("seq-mean-token-sum-norm", loss, mask, max_len=4)) == pytest.approx(6.0 / (2 * 4))

@@ -122,14 +122,19 @@ def reverse_cumsum(x_BxL):
 
 
 def discounted_returns(rewards_BxL, mask_BxL, gamma):
-    """G_t = r_t + gamma G_{t+1}, with the running return reset past each masked position."""
+    """G_t = r_t m_t + gamma G_{t+1} over the whole row, zero where masked.
+
+    A masked span inside a response (a tool's output) adds no reward but passes the return
+    through, so earlier turns still see the final reward: mask [1,0,1], rewards [0,0,1],
+    gamma 1 -> [1, 0, 1].
+    """
     r = jnp.asarray(rewards_BxL, jnp.float32)
     m = jnp.asarray(mask_BxL, jnp.float32)
 
     def step(running, rm):
         r_t, m_t = rm
-        g = r_t + gamma * running
-        return g * m_t, g
+        g = r_t * m_t + gamma * running
+        return g, g * m_t
 
     _, g_LxB = jax.lax.scan(step, jnp.zeros(r.shape[0], r.dtype), (r.T, m.T), reverse=True)
     return g_LxB.T
@@ -199,7 +204,7 @@ def nsr(scores_B, mask_BxL, group_ids_B):
 
 
 def reinforce_pp(token_rewards_BxL, mask_BxL, group_ids_B, *, gamma=1.0):
-    """REINFORCE++: discounted returns (reset past the mask), whitened over the batch.
+    """REINFORCE++: discounted returns (carried across masked spans), whitened over the batch.
 
     Returns (adv_BxL, returns_BxL).
     """

@@ -8,12 +8,10 @@ Denominators:
 - token-mean: sum(m), the number of loss tokens.
 - seq-mean-token-mean: the number of non-empty sequences; the sum is of per-sequence means.
 - seq-mean-token-sum: the number of non-empty sequences; the sum is of per-sequence sums.
-- seq-mean-token-sum-norm (Dr.GRPO): read literally from ALGORITHMS.md, sum(l m) / L_max with
-  L_max the configured maximum response length (`max_len`, required). Its denominator is that
-  constant, not a count: micro-batch denominators are NOT summed (DENOMINATOR_IS_COUNT is False).
-  (verl's per-micro-batch form divides by L_max per micro-batch and then by the number of
-  accumulation steps; the Dr.GRPO paper divides by num_seqs * L_max. Both differ from this by a
-  constant factor only.)
+- seq-mean-token-sum-norm (Dr.GRPO): the mean over non-empty sequences of the token sum, divided
+  by L_max, the configured maximum response length (`max_len`, required): sum(l m) / (n_seq
+  L_max), as the Dr.GRPO code and verl 0.9 compute it. Dividing by L_max alone would make the
+  loss, and what gradient clipping sees, grow with the number of sequences.
 
 The uniform way for a trainer: D = global_denominator(mode, mini_batch_mask, max_len=...) once,
 then each micro-batch contributes AGGREGATIONS[mode](loss, mask, max_len=...)[0] / D.
@@ -52,12 +50,13 @@ def seq_mean_token_sum(loss_BxL, mask_BxL, *, max_len=None):
 
 
 def seq_mean_token_sum_norm(loss_BxL, mask_BxL, *, max_len):
-    """(sum(l m), max_len): Dr.GRPO's constant normaliser; not additive over micro-batches."""
+    """(sum(l m), number of non-empty rows x max_len): Dr.GRPO's normaliser."""
     if max_len is None:
         raise ValueError("seq-mean-token-sum-norm needs max_len, the configured maximum "
                          "response length (a constant, not the padded length of this batch)")
-    lm, _ = _lm(loss_BxL, mask_BxL)
-    return jnp.sum(lm), jnp.asarray(max_len, jnp.float32)
+    lm, m = _lm(loss_BxL, mask_BxL)
+    rows = jnp.sum((jnp.sum(m, axis=1) > 0).astype(jnp.float32))
+    return jnp.sum(lm), rows * jnp.asarray(max_len, jnp.float32)
 
 
 AGGREGATIONS = {
@@ -71,7 +70,7 @@ DENOMINATOR_IS_COUNT = {
     "token-mean": True,
     "seq-mean-token-mean": True,
     "seq-mean-token-sum": True,
-    "seq-mean-token-sum-norm": False,
+    "seq-mean-token-sum-norm": True,
 }
 
 

@@ -41,6 +41,11 @@ def ppo_clip_loss(logp_BxL, old_logp_BxL, adv_BxL, *, eps_low=0.2, eps_high=0.2,
 
     l = max(-A rho, -A clip(rho, 1-eps_low, 1+eps_high)); for A < 0, l = min(l, -c A).
     `dual_clip_c=None` disables the dual clip (must then be static under jit).
+
+    The max and min are written as selects that take a bound only when it is strictly active:
+    where rho lands exactly on a bound the two branches are equal and the loss is smooth in
+    the unclipped direction, but `jnp.maximum` / `jnp.clip` would split that tie and pass 0.75
+    of the gradient.
     """
     logp = jnp.asarray(logp_BxL, jnp.float32)
     adv = jnp.asarray(adv_BxL, jnp.float32)
@@ -48,8 +53,8 @@ def ppo_clip_loss(logp_BxL, old_logp_BxL, adv_BxL, *, eps_low=0.2, eps_high=0.2,
     ratio = jnp.exp(lr)
     loss1 = -adv * ratio
     loss2 = -adv * jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    clipped = jnp.maximum(loss1, loss2)
     clip_any = loss2 > loss1
+    clipped = jnp.where(clip_any, jax.lax.stop_gradient(loss2), loss1)
     clip_high = (clip_any & (adv > 0)).astype(jnp.float32)
     clip_low = (clip_any & (adv < 0)).astype(jnp.float32)
     if dual_clip_c is None:
@@ -57,8 +62,9 @@ def ppo_clip_loss(logp_BxL, old_logp_BxL, adv_BxL, *, eps_low=0.2, eps_high=0.2,
         dual = jnp.zeros_like(clipped)
     else:
         loss3 = -adv * dual_clip_c
-        loss = jnp.where(adv < 0, jnp.minimum(clipped, loss3), clipped)
-        dual = ((clipped > loss3) & (adv < 0)).astype(jnp.float32)
+        dual_on = (clipped > loss3) & (adv < 0)
+        loss = jnp.where(dual_on, jax.lax.stop_gradient(loss3), clipped)
+        dual = dual_on.astype(jnp.float32)
     return PolicyLossOut(loss, ratio, lr, clip_high, clip_low, dual)
 
 
