@@ -158,3 +158,38 @@ def test_training_sft_and_eval_prompts_share_the_chat_style(tmp_path):
     assert list(examples_from_task(task)[0].prompt_ids) == task.tokenizer.encode(want)
     trainer = RLTrainer(cfg, build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size), task)
     assert "<|im_end|>" in trainer.stop  # the chat turn's end stops a rollout
+
+
+@pytest.mark.parametrize("name, expect", [("psr", -1.0), ("nsr", 1.0)])
+def test_psr_and_nsr_train_on_their_samples_only(name, expect):
+    # RLVR-Decomposed: 1 correct + 3 wrong samples of 10 tokens. At ratio 1 the PSR loss is
+    # -A = -1 on the correct sample's tokens alone (-0.25 if the wrong ones kept A = 0 and
+    # stayed in the token-mean); NSR's is +1 on the three wrong ones.
+    from rlx.kernels.aggregation import aggregate
+    from rlx.kernels.policy_loss import ppo_clip_loss
+    from rlx.train.batch import StepBatch
+
+    scores = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    mask = np.ones((4, 10), np.int32)
+    batch = StepBatch([{}], np.zeros((4, 1), np.int32), np.ones((4, 1), np.int32), np.zeros((4, 10), np.int32),
+                      mask, np.zeros((4, 10), np.float32), np.zeros(4, np.int32), scores, scores,
+                      np.zeros(4, bool))
+    cfg = load_config(None, SMALL + [f"algo.advantage={name}"])
+    objective = objectives.get_objective(name)
+    x = objectives.AdvantageInputs(cfg=cfg, batch=batch, mask_BxL=mask, old_logp_BxL=batch.logprobs,
+                                   ref_logp_BxL=None, kl_coef=0.0, prm={}, tokenizer=None)
+    adv, _ = objective.advantages(x)
+    loss_mask = mask * objective.loss_rows(x)[:, None]
+    loss = ppo_clip_loss(batch.logprobs, batch.logprobs, adv).loss_BxL
+    assert float(aggregate("token-mean", loss, loss_mask)) == pytest.approx(expect)
+    assert objectives.get_objective("grpo").loss_rows is None
+
+
+def test_truncated_rows_keep_their_length_when_masked_out_of_the_loss(tmp_path):
+    # 4 new tokens: the untrained model almost never stops, so nearly every row is truncated.
+    cfg = load_config(None, SMALL + [f"run.out_dir={tmp_path}", "algo.mask_truncated=true", "engine.max_new_tokens=4"])
+    task = build_task(cfg)
+    trainer = RLTrainer(cfg, build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size), task)
+    m = trainer.step()
+    assert m["response/truncated_fraction"] > 0.5
+    assert m["response/length_mean"] >= 4 * m["response/truncated_fraction"]

@@ -64,10 +64,13 @@ class StepBatch:
     correct: np.ndarray
     truncated: np.ndarray
     per_fn: dict = dataclasses.field(default_factory=dict)
+    # Tokens generated per row, whatever the loss mask keeps (algo.mask_truncated zeroes that
+    # mask on truncated rows, which still count at their full length in length statistics).
+    lengths: np.ndarray | None = None
 
 
 _ROW_FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "scores", "correct",
-               "truncated")
+               "truncated", "lengths")
 
 
 def assemble(parts: list[tuple[StepBatch, np.ndarray]], want: int, n: int) -> StepBatch:
@@ -92,7 +95,8 @@ def assemble(parts: list[tuple[StepBatch, np.ndarray]], want: int, n: int) -> St
             arrays = [np.pad(a, ((0, 0), (width - a.shape[1], 0))) if a.shape[1] < width else a for a in arrays]
         return np.concatenate(arrays)
 
-    fields = {name: gather(lambda sb, name=name: getattr(sb, name)) for name in _ROW_FIELDS}
+    fields = {name: gather(lambda sb, name=name: getattr(sb, name)) for name in _ROW_FIELDS
+              if getattr(sb0, name) is not None}
     per_fn = {key: gather(lambda sb, key=key: sb.per_fn[key]) for key in sb0.per_fn}
     group_ids = np.concatenate([np.full(n, gid, np.int32) for _, _, gid in rows])
     fields["response_mask"] = fields["response_mask"] * (group_ids >= 0)[:, None]

@@ -75,6 +75,9 @@ class Objective:
     needs_labels: bool = False
     # Accepts algo.kl_in_reward (the KL penalty subtracted from the token rewards).
     kl_in_reward: bool = False
+    # Rows that stay in the loss, (inputs) -> bool per row; None = all. Rows outside leave the
+    # batch: no loss, no entropy bonus, and no place in a token-mean denominator.
+    loss_rows: Callable[[AdvantageInputs], np.ndarray] | None = None
 
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -87,7 +90,8 @@ def register_objective(objective: Objective) -> Objective:
     return objective
 
 
-def estimator_objective(fn: Callable, name: str, hyper: Callable[[Config], dict] | None = None) -> Objective:
+def estimator_objective(fn: Callable, name: str, hyper: Callable[[Config], dict] | None = None,
+                        loss_rows: Callable[[AdvantageInputs], np.ndarray] | None = None) -> Objective:
     """An outcome estimator `fn(*, scores_B, group_ids_B, mask_BxL, **hyper)` as an objective.
 
     `fn` returns adv_BxL (or (adv_BxL, returns_BxL), as the kernels do). Its hyper-parameters
@@ -124,7 +128,7 @@ def estimator_objective(fn: Callable, name: str, hyper: Callable[[Config], dict]
                               "add the KL to its rewards; set algo.kl_in_reward=false (KL as a loss term)")
         _check_options(fn, name, hyper(cfg), params)
 
-    return Objective(name, advantages, check=check, kl_in_reward=takes_tokens)
+    return Objective(name, advantages, check=check, kl_in_reward=takes_tokens, loss_rows=loss_rows)
 
 
 def register_estimator(name: str | None = None, *, hyper: Callable[[Config], dict] | None = None):
@@ -200,13 +204,17 @@ def load_attribute(path: str, key: str) -> Any:
 # -- the built-in outcome estimators -----------------------------------------------------------
 
 
-def _register_outcome(name: str, hyper: Callable[[Config], dict] = lambda cfg: {}) -> None:
+def _register_outcome(name: str, hyper: Callable[[Config], dict] = lambda cfg: {}, loss_rows=None) -> None:
     from rlx.kernels import ADVANTAGE_FNS
 
-    register_objective(estimator_objective(ADVANTAGE_FNS[name], name, hyper))
+    register_objective(estimator_objective(ADVANTAGE_FNS[name], name, hyper, loss_rows))
 
 
-for _name in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "psr", "nsr", "empo"):
+for _name in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "empo"):
     _register_outcome(_name)
+# RLVR-Decomposed trains PSR on the correct samples only and NSR on the incorrect ones: the
+# others leave the batch rather than staying in it with advantage 0.
+_register_outcome("psr", loss_rows=lambda x: x.batch.scores > 0)
+_register_outcome("nsr", loss_rows=lambda x: x.batch.scores <= 0)
 _register_outcome("w_reinforce", lambda cfg: {"lam": cfg.algo.w_reinforce_lambda})
 _register_outcome("reinforce_pp", lambda cfg: {"gamma": cfg.algo.gamma})

@@ -124,19 +124,23 @@ class RLTrainer:
             prm_state, prm_out, prm_metrics = self.prm.step(s.prm, batch, mask, old_logp)
         t["scoring"] = time.perf_counter() - t0
 
-        adv, adv_metrics = self.objective.advantages(AdvantageInputs(
-            cfg=cfg, batch=batch, mask_BxL=mask, old_logp_BxL=old_logp, ref_logp_BxL=ref_logp,
-            kl_coef=s.kl_coef, prm=prm_out, tokenizer=self.tokenizer))
+        inputs = AdvantageInputs(cfg=cfg, batch=batch, mask_BxL=mask, old_logp_BxL=old_logp, ref_logp_BxL=ref_logp,
+                                 kl_coef=s.kl_coef, prm=prm_out, tokenizer=self.tokenizer)
+        adv, adv_metrics = self.objective.advantages(inputs)
+        loss_mask = mask
+        if self.objective.loss_rows is not None:
+            loss_mask = mask * np.asarray(self.objective.loss_rows(inputs), bool)[:, None]
+            adv_metrics["filter/loss_rows_fraction"] = float((loss_mask.sum(1) > 0).mean())
 
         t0 = time.perf_counter()
-        params, opt_state, update_metrics = self.update(s, device, old_logp, ref_logp, adv, max_len)
+        params, opt_state, update_metrics = self.update(s, device, old_logp, ref_logp, adv, max_len, loss_mask)
         t["update"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.engine.update_params(params)
         t["sync"] = time.perf_counter() - t0
 
         real = batch.group_ids >= 0
-        lengths = batch.response_mask.sum(1)
+        lengths = batch.lengths  # truncated rows at full length, even when masked out of the loss
         metrics.update({
             "reward/mean": float(batch.scores[real].mean()), "reward/accuracy": float(batch.correct[real].mean()),
             "response/length_mean": float(lengths[real].mean()),
@@ -145,7 +149,7 @@ class RLTrainer:
             "rollout/entropy": entropy, "rollout/temperature": s.temperature,
             "rollout/max_new_tokens": float(max_len),
             **{f"time/{k}": v for k, v in t.items()},
-            "perf/tokens_per_s": float(lengths.sum()) / max(t["rollout+reward"], 1e-9),
+            "perf/tokens_per_s": float(lengths[real].sum()) / max(t["rollout+reward"], 1e-9),
         })
         kl_coef = s.kl_coef
         if ref_logp is not None:
@@ -201,7 +205,8 @@ class RLTrainer:
         scores, shaping_metrics = shape_scores(self.cfg.campo, ro.response_ids, ro.response_mask, truncated, scores)
         mask = ro.response_mask * (~truncated)[:, None] if self.cfg.algo.mask_truncated else ro.response_mask
         batch = StepBatch(records, ro.prompt_ids, ro.prompt_mask, ro.response_ids, mask.astype(np.int32),
-                          ro.logprobs, ro.group_ids, scores, correct, truncated, per_fn)
+                          ro.logprobs, ro.group_ids, scores, correct, truncated, per_fn,
+                          lengths=ro.response_mask.sum(1).astype(np.int32))
         return batch, {**metrics, **shaping_metrics}
 
     def rounds(self) -> int:
@@ -254,13 +259,17 @@ class RLTrainer:
 
     # -- update ---------------------------------------------------------------------------------
 
-    def update(self, state: RLState, device: dict, old_logp, ref_logp, adv, max_len: int):
-        """`trainer.epochs` passes of `trainer.mini_batches` optimizer steps: (params, opt_state, metrics)."""
+    def update(self, state: RLState, device: dict, old_logp, ref_logp, adv, max_len: int, loss_mask=None):
+        """`trainer.epochs` passes of `trainer.mini_batches` optimizer steps over the tokens of
+        `loss_mask` (default: the response mask): (params, opt_state, metrics)."""
         cfg, mesh = self.cfg, self.meshes.actor
         rows = device["ids"].shape[0]
         zeros = np.zeros_like(old_logp)
-        device = {**device, **hostio.put_rows({"old_logp": old_logp, "adv": np.asarray(adv, np.float32),
-                                               "ref_logp": zeros if ref_logp is None else ref_logp}, mesh)}
+        host = {"old_logp": old_logp, "adv": np.asarray(adv, np.float32),
+                "ref_logp": zeros if ref_logp is None else ref_logp}
+        if loss_mask is not None:
+            host["response_mask"] = np.asarray(loss_mask, np.int32)
+        device = {**device, **hostio.put_rows(host, mesh)}
         spec = loss_spec(cfg, self.micro_batches, max_len)
         mini = rows // cfg.trainer.mini_batches
         rng = np.random.default_rng(_seed(self.seed, state.step, 99))
