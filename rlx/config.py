@@ -123,6 +123,10 @@ class AlgoSection:
     dynamic_sampling_metric: str = "score"
     # Over-length responses (finish reason "length") are masked out of the loss.
     mask_truncated: bool = False
+    # DAPO's soft overlong punishment: a reward ramp from 0 to -overlong_penalty over the last
+    # overlong_buffer tokens before the maximum response length (0 = off; DAPO: 4096 of 20480).
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
     recompute_old_logprobs: bool = False
     w_reinforce_lambda: float = 0.1
     gamma: float = 1.0

@@ -113,6 +113,9 @@ def check_algo(cfg: Config) -> None:
     if a.options and a.advantage in _BUILTIN_ESTIMATORS:
         raise ConfigError(f"algo.options is read only by your own estimators (algo.advantage=module:function); "
                           f"{a.advantage} takes its settings from named keys -- drop algo.options")
+    if a.overlong_buffer < 0 or a.overlong_buffer > cfg.engine.max_new_tokens or a.overlong_penalty < 0:
+        raise ConfigError(f"algo.overlong_buffer={a.overlong_buffer} must be in 0..engine.max_new_tokens="
+                          f"{cfg.engine.max_new_tokens} (0 = off) and algo.overlong_penalty={a.overlong_penalty} >= 0")
     if a.max_oversample_rounds < 0:
         raise ConfigError(f"algo.max_oversample_rounds={a.max_oversample_rounds} must be >= 0")
     objective.check(cfg)

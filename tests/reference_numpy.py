@@ -381,3 +381,18 @@ def mean_entropy(logits, mask, T):
     h = entropy(logits, T)
     m = np.asarray(mask, np.float64)
     return (h * m).sum() / (m.sum() + 1e-8)
+
+
+# ----------------------------------------------------------------------------- DAPO
+
+
+def soft_overlong_penalty(lengths, max_len, buffer, factor=1.0):
+    out = []
+    for y in np.asarray(lengths, np.float64):
+        if y <= max_len - buffer:
+            out.append(0.0)
+        elif y <= max_len:
+            out.append(((max_len - buffer) - y) / buffer)
+        else:
+            out.append(-1.0)
+    return factor * np.asarray(out)

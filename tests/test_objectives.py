@@ -186,10 +186,13 @@ def test_psr_and_nsr_train_on_their_samples_only(name, expect):
 
 
 def test_truncated_rows_keep_their_length_when_masked_out_of_the_loss(tmp_path):
-    # 4 new tokens: the untrained model almost never stops, so nearly every row is truncated.
-    cfg = load_config(None, SMALL + [f"run.out_dir={tmp_path}", "algo.mask_truncated=true", "engine.max_new_tokens=4"])
+    # 4 new tokens: the untrained model almost never stops, so nearly every row is truncated;
+    # with DAPO's overlong buffer of 2 each truncated row (4 tokens) gets the full -1.
+    cfg = load_config(None, SMALL + [f"run.out_dir={tmp_path}", "algo.mask_truncated=true", "engine.max_new_tokens=4",
+                                     "algo.overlong_buffer=2"])
     task = build_task(cfg)
     trainer = RLTrainer(cfg, build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size), task)
     m = trainer.step()
     assert m["response/truncated_fraction"] > 0.5
     assert m["response/length_mean"] >= 4 * m["response/truncated_fraction"]
+    assert m["reward/overlong_penalty"] <= -m["response/truncated_fraction"]

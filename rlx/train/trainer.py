@@ -30,6 +30,7 @@ from rlx.config import Config
 from rlx.data.pipeline import PromptStream
 from rlx.engine import Engine, EngineConfig, SamplingConfig
 from rlx.generate import generate, stop_rules
+from rlx.kernels.dapo import soft_overlong_penalty
 from rlx.kernels.empo import entropy_from_rewards
 from rlx.kernels.policy_loss import adaptive_kl_update, kl_penalty
 from rlx.kernels.temperature import temperature_step
@@ -203,6 +204,13 @@ class RLTrainer:
             metrics["empo/semantic_entropy"] = float(np.mean(entropy_from_rewards(per_fn["empo"], ro.group_ids)))
         truncated = np.asarray(ro.finish_reason) == "length"
         scores, shaping_metrics = shape_scores(self.cfg.campo, ro.response_ids, ro.response_mask, truncated, scores)
+        a = self.cfg.algo
+        if a.overlong_buffer:
+            penalty = np.asarray(soft_overlong_penalty(ro.response_mask.sum(1), max_len=max_len,
+                                                       buffer=min(a.overlong_buffer, max_len),
+                                                       factor=a.overlong_penalty))
+            scores = (scores + penalty).astype(np.float32)
+            shaping_metrics["reward/overlong_penalty"] = float(penalty.mean())
         mask = ro.response_mask * (~truncated)[:, None] if self.cfg.algo.mask_truncated else ro.response_mask
         batch = StepBatch(records, ro.prompt_ids, ro.prompt_mask, ro.response_ids, mask.astype(np.int32),
                           ro.logprobs, ro.group_ids, scores, correct, truncated, per_fn,
