@@ -311,27 +311,33 @@ def pure_advantages(step_rewards, step_ends, vr, mask, group_ids, vr_coef=1.0,
                     zero_step_ends=False, baseline="step"):
     """step_rewards[b]: list of r_k; step_ends[b]: list of positions; vr: array or None.
 
-    baseline "step": each response's mean step reward, subtracted on its step ends; "token":
-    its reward sum over its token count, subtracted on every valid token.
+    baseline "step": each response's mean step reward, subtracted on its step ends; "token"
+    (PURE's code): the other responses' total reward over their total token count, times each
+    step's length e_k - e_{k-1} (e_0 = 0), subtracted on that step's end.
     """
     m = _valid_mask(mask, group_ids)
     B, L = m.shape
     avg = np.zeros(B)
     for b in range(B):
-        count = len(step_rewards[b]) if baseline == "step" else m[b].sum()
-        if count:
-            avg[b] = sum(step_rewards[b]) / count
+        if step_rewards[b]:
+            avg[b] = sum(step_rewards[b]) / len(step_rewards[b])
     tok = np.zeros((B, L))
     ends = np.zeros((B, L))
     for idx in _groups(group_ids).values():
         n = len(idx)
         for i in idx:
             base = (sum(avg[j] for j in idx) - avg[i]) / (n - 1) if n > 1 else 0.0
+            others = [j for j in idx if j != i]
+            other_len = sum(m[j].sum() for j in others)
+            per_token = sum(sum(step_rewards[j]) for j in others) / other_len if others and other_len else 0.0
+            previous = 0
             for rk, e in zip(step_rewards[i], step_ends[i]):
-                tok[i, e] += rk - (base if baseline == "step" else 0.0)
+                if baseline == "step":
+                    tok[i, e] += rk - base
+                else:
+                    tok[i, e] += rk - per_token * (e - previous)
+                previous = e
                 ends[i, e] = 1.0
-            if baseline == "token":
-                tok[i] -= base * m[i]
             if vr is not None:
                 vbase = (sum(vr[j] for j in idx) - vr[i]) / (n - 1) if n > 1 else 0.0
                 last = _last_index(m[i])

@@ -215,3 +215,22 @@ def test_length_schedules():
         stages.append(state.stage)
     assert stages[:6] == [0] * 5 + [1]  # 4010 is < 1% growth: 3 flat steps -> next stage
     assert stages[-1] == 1  # never past the last stage
+
+
+def test_pure_token_baseline_worked_example():
+    # A group of 3 one-step responses, step rewards (1, 0, 0.5) on their last tokens, lengths
+    # (10, 100, 50): row 3's baseline is the others' reward per token, 1 / 110, times its step's
+    # length as PURE counts it (49), so its return at t = 0 is 0.5 - 49 / 110 (not -2.0, the
+    # leave-one-out mean of per-row ratios on every token).
+    lengths, L = [10, 100, 50], 100
+    mask = (np.arange(L)[None, :] < np.array(lengths)[:, None]).astype(np.float32)
+    rewards = [1.0, 0.0, 0.5]
+    tok = np.zeros((3, L), np.float32)
+    ends = np.zeros((3, L), np.float32)
+    for b, (n, r) in enumerate(zip(lengths, rewards)):
+        tok[b, n - 1], ends[b, n - 1] = r, 1.0
+    _, ret = PU.pure_advantages(tok, ends, mask, np.zeros(3, np.int32), baseline="token")
+    assert float(ret[2, 0]) == pytest.approx(0.5 - 49 / 110, abs=1e-6)
+    _, ref_ret = ref.pure_advantages([[r] for r in rewards], [[n - 1] for n in lengths], None, mask,
+                                     np.zeros(3, np.int32), baseline="token")
+    np.testing.assert_allclose(np.asarray(ret), ref_ret, atol=1e-6)

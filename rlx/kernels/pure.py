@@ -72,6 +72,17 @@ def scatter_step_rewards(step_rewards_BxK, step_end_BxK, length):
     return token_r, (hits > 0).astype(jnp.float32)
 
 
+def step_token_counts(ends_BxL, mask_BxL):
+    """On each step-end token e_k, its step's length as PURE's code counts it: e_k - e_{k-1}
+    with e_0 = 0, so the first step counts one token fewer than it holds (the worked example of
+    `pure_advantages`' token baseline depends on it)."""
+    seen = jnp.cumsum(jnp.asarray(mask_BxL, jnp.float32), axis=1)
+    at_ends = seen * ends_BxL
+    before = jax.lax.cummax(at_ends, axis=1)
+    before = jnp.concatenate([jnp.zeros_like(before[:, :1]), before[:, :-1]], axis=1)
+    return (seen - before - (before == 0)) * ends_BxL
+
+
 def _rloo_center(x_B, group_ids_B):
     """x_i - mean_{j != i, j in g} x_j; a group of one keeps x."""
     n_B = group_size(group_ids_B)
@@ -84,9 +95,11 @@ def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
     """PURE's RLOO, verifiable reward at EOS, returns, global whitening.
 
     "step" baseline, for row i with S_i steps and step rewards r_ik (on step-end tokens):
-    avg_i = sum_k r_ik / S_i; r_ik -= (sum_{j in g} avg_j - avg_i) / (n - 1). "token" baseline:
-    avg_i = sum_k r_ik / L_i over its L_i valid tokens, and the leave-one-out mean of avg is
-    subtracted on every valid token instead (`baseline` is static). VR_i in {-1, 0} is RLOO-centred the same way
+    avg_i = sum_k r_ik / S_i; r_ik -= (sum_{j in g} avg_j - avg_i) / (n - 1). "token" baseline
+    (PURE's code): the others' reward per token, b_i = sum_{j != i} o_j / sum_{j != i} L_j with
+    o_j = sum_k r_jk and L_j row j's valid tokens, times step k's length e_k - e_{k-1} (e_0 = 0),
+    is subtracted at step k's end (`baseline` is static). Worked: a group of 3 one-step rows,
+    o = (1, 0, 0.5), L = (10, 100, 50): row 3's return at t = 0 is 0.5 - 49 / 110 = 0.0545. VR_i in {-1, 0} is RLOO-centred the same way
     and added, times vr_coef, on the last valid token. returns = reverse cumsum; advantages =
     masked whitening of the returns over the batch. `zero_step_ends` (static) reproduces PURE's
     code, which zeroes the returns on step-end tokens before whitening. Returns (adv, returns).
@@ -96,12 +109,18 @@ def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
     r = jnp.asarray(token_rewards_BxL, jnp.float32) * ends
     if baseline not in BASELINES:
         raise ValueError(f"pure baseline {baseline!r} is not one of {BASELINES}")
-    where = ends if baseline == "step" else m
-    avg_B = jnp.sum(r, axis=1) / jnp.maximum(jnp.sum(where, axis=1), 1.0)
     n_B = group_size(group_ids_B)
-    baseline_B = jnp.where(
-        n_B > 1, (group_sum(avg_B, group_ids_B) - avg_B) / jnp.maximum(n_B - 1.0, 1.0), 0.0)
-    total = r - baseline_B[:, None] * where
+    if baseline == "step":
+        avg_B = jnp.sum(r, axis=1) / jnp.maximum(jnp.sum(ends, axis=1), 1.0)
+        baseline_B = jnp.where(
+            n_B > 1, (group_sum(avg_B, group_ids_B) - avg_B) / jnp.maximum(n_B - 1.0, 1.0), 0.0)
+        total = r - baseline_B[:, None] * ends
+    else:
+        o_B, len_B = jnp.sum(r, axis=1), jnp.sum(m, axis=1)
+        other_o = group_sum(o_B, group_ids_B) - o_B
+        other_len = group_sum(len_B, group_ids_B) - len_B
+        per_token_B = jnp.where((n_B > 1) & (other_len > 0), other_o / jnp.maximum(other_len, 1.0), 0.0)
+        total = r - per_token_B[:, None] * step_token_counts(ends, m)
     if verifiable_B is not None:
         vr = _rloo_center(jnp.asarray(verifiable_B, jnp.float32), group_ids_B)
         total = total + vr_coef * vr[:, None] * last_token_onehot(m)
