@@ -51,17 +51,22 @@ def bench_rlx_grpo_update(model: Transformer, batch: dict, timed, steps: int = 3
     return dict(step_s=step_s, first_s=first_s, loss=out["loss"])
 
 
-def bench_torch_grpo_update(model: Transformer, batch: dict, timed, steps: int = 3) -> dict:
-    """The same update in PyTorch on the HF model written by `to_hf(model)`."""
+def bench_torch_grpo_update(model: Transformer, batch: dict, timed, steps: int = 3, *, device: str = "cpu",
+                            dtype: str = "float32", hf_dir: str | None = None) -> dict:
+    """The same update in PyTorch on the HF model written by `to_hf(model)` (or read from `hf_dir`,
+    written by it before). Parameters, activations and AdamW state are all in `dtype`."""
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        to_hf(model, tmp, dtype="float32")
-        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).train()
+        if hf_dir is None:
+            hf_dir = str(to_hf(model, tmp, dtype=dtype))
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype))
+    hf = hf.to(device).train()
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-6, weight_decay=0.0)
-    t = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+    t = {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in batch.items()}
     ids, width = t["ids"].long(), t["adv"].shape[1]
     resp_mask = t["response_mask"].float()
     out = {}

@@ -46,20 +46,27 @@ def bench_rlx_convenience(model, prompts, new_tokens: int) -> float:
     return seconds
 
 
-def bench_hf(model, prompts, new_tokens: int) -> float:
+def bench_hf(model, prompts, new_tokens: int, *, device: str = "cpu", dtype: str = "float32",
+             hf_dir: str | None = None) -> float:
+    """transformers `generate` (its default dynamic KV cache) on the weights of `to_hf(model)`,
+    or on those already written to `hf_dir`."""
     import torch
     import transformers
 
     with tempfile.TemporaryDirectory() as tmp:
-        to_hf(model, tmp)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-    ids = torch.tensor(prompts)
+        if hf_dir is None:
+            hf_dir = str(to_hf(model, tmp))
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype))
+    hf = hf.to(device).eval()
+    ids = torch.tensor(prompts, device=device)
     kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
                   top_p=1.0, use_cache=True, pad_token_id=0, eos_token_id=None)
     with torch.inference_mode():
         hf.generate(ids, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up
         t = time.perf_counter()
         out = hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+        if device != "cpu":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t
     assert out.shape == (len(prompts), len(prompts[0]) + new_tokens)
     return seconds

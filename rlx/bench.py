@@ -41,6 +41,28 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> flo
     return 2.0 * n**3 / best
 
 
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, matched
+# against jax's `device_kind` by substring, first match wins (so "H100 PCIe" before "H100").
+DENSE_BF16_PEAK_TFLOPS = (
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+)
+
+
+def spec_peak_flops(device_kind: str) -> float | None:
+    """The data-sheet dense bf16 FLOP/s of a GPU named `device_kind`, or None if not in the table."""
+    for name, tflops in DENSE_BF16_PEAK_TFLOPS:
+        if name.lower() in device_kind.lower():
+            return tflops * 1e12
+    return None
+
+
 def train_step_flops(cfg, batch: int, seq: int) -> float:
     """Forward + backward FLOPs over batch x seq tokens: 6 N tokens for the N matmul parameters
     (all but the input embedding gather; a tied output projection still counts) plus

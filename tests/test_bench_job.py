@@ -3,7 +3,7 @@
 import json
 
 from rlx import launch
-from rlx.bench import rollout_flops, train_step_flops
+from rlx.bench import rollout_flops, spec_peak_flops, train_step_flops
 from rlx.models import load_config as model_config
 
 from test_rl_loop import SMALL
@@ -31,3 +31,12 @@ def test_flop_counts_by_hand():
     assert rollout_flops(cfg, 1, 1, 0) == want
     # Training FLOPs are 3x the forward matmul FLOPs (+ attention) per token.
     assert train_step_flops(cfg, 1, 1) > 3 * 2 * L * per_layer
+
+
+def test_spec_peak_lookup_by_device_kind():
+    # Kinds as jax spells them; the more specific name wins over the shorter one it contains.
+    assert spec_peak_flops("NVIDIA H200") == 989e12
+    assert spec_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert spec_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert spec_peak_flops("NVIDIA L40S") == 362e12 and spec_peak_flops("NVIDIA L4") == 121e12
+    assert spec_peak_flops("cpu") is None

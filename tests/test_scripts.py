@@ -13,7 +13,8 @@ import pytest
 from rlx import distributed
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted([*REPO.glob("launch/*.sh"), *REPO.glob("tpu_scripts/*.sh"), REPO / ".ci" / "run"])
+SCRIPTS = sorted([*REPO.glob("launch/*.sh"), *REPO.glob("tpu_scripts/*.sh"), *REPO.glob("benchmarks/*.sh"),
+                  REPO / ".ci" / "run"])
 
 
 def run(cmd, env=None, cwd=REPO, timeout=120):
