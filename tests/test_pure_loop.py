@@ -1,6 +1,8 @@
 """PURE in the RL loop: step splitting, step scores from the implicit PRM, and the first
 step's advantages against the float64 reference."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -85,15 +87,20 @@ def test_first_step_advantages_are_the_verifiable_rewards(setup):
     assert np.abs(adv).sum() > 0
 
 
-def test_pure_trains_two_steps(setup):
+def test_pure_trains_two_steps_with_gold_answers_for_some_prompts(setup):
+    # PURE's headline setting: verifiable rewards on a fraction of the problems only.
     cfg, task = setup
+    task = dataclasses.replace(task, train=[r if i % 2 else {k: v for k, v in r.items() if k != "answer"}
+                                            for i, r in enumerate(task.train)])
     model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
     trainer = RLTrainer(cfg, model, task)
-    for _ in range(2):
-        m = trainer.step()
-    for key in ("pure/steps_mean", "pure/min_step_score_mean", "prm/loss", "actor/loss"):
-        assert np.isfinite(m[key]), key
-    assert m["pure/steps_mean"] >= 1.0
+    history = [trainer.step() for _ in range(2)]
+    for m in history:
+        for key in ("pure/steps_mean", "pure/min_step_score_mean", "prm/loss", "actor/loss"):
+            assert np.isfinite(m[key]), key
+        assert m["pure/steps_mean"] >= 1.0
+    labelled = [m["pure/labelled_fraction"] for m in history]  # 4 prompts a step, half labelled
+    assert 0.0 < np.mean(labelled) < 1.0, labelled
 
 
 def test_classifier_prm_scores_each_step(setup, tmp_path):

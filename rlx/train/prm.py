@@ -96,9 +96,11 @@ def prm_bce(graphdef, params, batch: dict, beta: float) -> float:
 def _device_batch(batch, mask_BxR: np.ndarray, mesh) -> dict:
     ids, mask, positions = layout.concat(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
                                          batch.response_mask)
+    correct = np.asarray(batch.correct, np.float32)
+    # Rows without a gold answer (NaN) carry no label: they stay out of the PRM's loss.
+    row_mask = (batch.group_ids >= 0) & ~np.isnan(correct)
     return hostio.put_rows({"ids": ids, "mask": mask, "positions": positions, "response_mask": mask_BxR,
-                            "acc": np.nan_to_num(np.asarray(batch.correct, np.float32)),
-                            "row_mask": (batch.group_ids >= 0).astype(np.float32)}, mesh)
+                            "acc": np.nan_to_num(correct), "row_mask": row_mask.astype(np.float32)}, mesh)
 
 
 class ImplicitPRM:
@@ -136,11 +138,12 @@ class ImplicitPRM:
                 logp = score(self.graphdef, state["params"], device, PRM_TEMPERATURE)
         logp, prm_ref = hostio.get((logp, prm_ref))  # the rest runs on each host's copy
         acc = np.asarray(batch.correct, np.float32)
-        real = batch.group_ids >= 0
+        real = (batch.group_ids >= 0) & ~np.isnan(acc)
         q_sum = np.asarray(implicit_q(logp, prm_ref, mask_BxR)).sum(1)
         # The PRM as a verifier: does sigmoid(beta sum q) > 0.5 agree with the outcome label?
-        metrics.update({"prm/q_sum_mean": float(q_sum[real].mean()),
-                        "prm/label_accuracy": float(((p.beta * q_sum > 0) == (acc > 0.5))[real].mean())})
+        metrics.update({"prm/q_sum_mean": float(q_sum[real].mean()) if real.any() else 0.0,
+                        "prm/label_accuracy": float(((p.beta * q_sum > 0) == (acc > 0.5))[real].mean())
+                        if real.any() else float("nan")})
         return state, {"logp": logp, "ref_logp": prm_ref, "acc": acc}, metrics
 
     def _update(self, state: dict, device: dict):

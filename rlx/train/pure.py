@@ -77,11 +77,15 @@ def step_rewards_to_advantages(cfg: Config, batch, mask_BxL, pr: np.ndarray, end
     """Step 4 of the module docstring, from step scores PR_BxK and step ends."""
     pu = cfg.pure
     acc = np.asarray(batch.correct, np.float32)
+    labelled = ~np.isnan(acc)
+    # PURE's headline runs have gold answers for a tenth of the problems: the verifiable reward
+    # correct - 1 is given where there is one, and 0 elsewhere.
+    vr = np.where(labelled, acc - 1.0, 0.0).astype(np.float32)
     rewards = min_form_step_rewards(pr, ends >= 0, temperature=pu.temperature, weighted=pu.weighting == "min")
     token_r, end_mask = scatter_step_rewards(rewards, ends, mask_BxL.shape[1])
     adv, _ = ADVANTAGE_FNS["pure"](
         mask_BxL=jnp.asarray(mask_BxL), group_ids_B=jnp.asarray(batch.group_ids), token_rewards_BxL=token_r,
-        step_end_mask_BxL=end_mask, scores_B=jnp.asarray(acc - 1.0) if pu.vr_coef else None,
+        step_end_mask_BxL=end_mask, scores_B=jnp.asarray(vr) if pu.vr_coef else None,
         vr_coef=pu.vr_coef, zero_step_ends=pu.zero_step_ends, baseline=pu.baseline)
     real = (batch.group_ids >= 0) & (mask_BxL.sum(1) > 0)
     steps = (ends >= 0).sum(1)
@@ -92,7 +96,8 @@ def step_rewards_to_advantages(cfg: Config, batch, mask_BxL, pr: np.ndarray, end
 
     metrics = {"pure/steps_mean": mean(steps), "pure/step_score_mean": mean(pr.sum(1) / np.maximum(steps, 1)),
                "pure/min_step_score_mean": mean(pr_min),
-               "pure/process_reward_mean": mean(np.asarray(rewards).sum(1))}
+               "pure/process_reward_mean": mean(np.asarray(rewards).sum(1)),
+               "pure/labelled_fraction": mean(labelled.astype(np.float32))}
     return np.asarray(adv) * mask_BxL, metrics
 
 
@@ -116,5 +121,4 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"PURE's RLOO baselines need algo.n >= 2 responses per prompt, got {cfg.algo.n}")
 
 
-PURE = register_objective(Objective("pure", advantages, check=check, prm=lambda cfg: cfg.pure.prm,
-                                    needs_labels=True))
+PURE = register_objective(Objective("pure", advantages, check=check, prm=lambda cfg: cfg.pure.prm))

@@ -143,7 +143,7 @@ class RLTrainer:
         real = batch.group_ids >= 0
         lengths = batch.lengths  # truncated rows at full length, even when masked out of the loss
         metrics.update({
-            "reward/mean": float(batch.scores[real].mean()), "reward/accuracy": float(batch.correct[real].mean()),
+            "reward/mean": float(batch.scores[real].mean()), "reward/accuracy": _labelled_mean(batch.correct[real]),
             "response/length_mean": float(lengths[real].mean()),
             "response/truncated_fraction": float(batch.truncated[real].mean()),
             "actor/kl_coef": s.kl_coef, **update_metrics, **prm_metrics, **adv_metrics,
@@ -325,6 +325,12 @@ class RLTrainer:
 
     def sampling(self, temperature: float | None = None) -> SamplingConfig:
         return sampling_config(self.cfg, self.state.temperature if temperature is None else temperature)
+
+
+def _labelled_mean(correct) -> float:
+    """Accuracy over the rows with a gold answer (NaN when none has one)."""
+    labelled = ~np.isnan(correct)
+    return float(correct[labelled].mean()) if labelled.any() else float("nan")
 
 
 def _seed(seed: int, step: int, salt: int) -> int:
