@@ -138,7 +138,9 @@ class AlgoSection:
 @dataclass(frozen=True)
 class OptimSection:
     lr: float = 1e-5
-    warmup_steps: int = 0
+    # Linear warm-up over this many optimizer updates (a step makes trainer.mini_batches x
+    # trainer.epochs of them; verl counts rollout steps instead).
+    warmup_updates: int = 0
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0

@@ -78,7 +78,7 @@ class RLTrainer:
         actor = placement.copy_to(params, self.meshes.actor)
         self.ref_params = placement.copy_to(params, self.meshes.reference) if cfg.algo.kl_coef > 0 else None
         o, t = cfg.optim, cfg.trainer
-        self.optimizer = adamw(o.lr, t.steps * t.mini_batches * t.epochs, warmup_steps=o.warmup_steps,
+        self.optimizer = adamw(o.lr, t.steps * t.mini_batches * t.epochs, warmup_steps=o.warmup_updates,
                                schedule=o.schedule, min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay,
                                b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip)
         self.micro_batches = micro_batches(cfg)
