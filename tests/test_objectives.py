@@ -196,3 +196,20 @@ def test_truncated_rows_keep_their_length_when_masked_out_of_the_loss(tmp_path):
     assert m["response/truncated_fraction"] > 0.5
     assert m["response/length_mean"] >= 4 * m["response/truncated_fraction"]
     assert m["reward/overlong_penalty"] <= -m["response/truncated_fraction"]
+
+
+def test_scoring_a_micro_batch_at_a_time_equals_scoring_the_step_at_once(tmp_path):
+    # Long-context steps score trainer.micro_batch_size rows per program, as the update does.
+    common = SMALL + [f"run.out_dir={tmp_path}", "algo.kl_coef=0.01", "algo.recompute_old_logprobs=true"]
+    whole = load_config(None, common)
+    task = build_task(whole)
+    model = build_model(whole.model, seed=0, vocab_size=task.tokenizer.vocab_size)
+    a = RLTrainer(whole, model, task)
+    b = RLTrainer(load_config(None, common + ["trainer.micro_batch_size=4"]), model, task)
+    assert (a.score_rows, b.score_rows) == (16, 4)
+    batch, _, _ = a.collect(a.state, a.max_new_tokens())
+    _, old_a, ref_a, ent_a = a.score(a.state, batch)
+    _, old_b, ref_b, ent_b = b.score(b.state, batch)
+    np.testing.assert_allclose(old_b, old_a, atol=1e-6)
+    np.testing.assert_allclose(ref_b, ref_a, atol=1e-6)
+    assert ent_b == pytest.approx(ent_a, abs=1e-6)

@@ -38,7 +38,7 @@ from rlx.kernels.prime import implicit_q, prm_bce_loss
 from rlx.train import batch as layout
 from rlx.train.optim import adamw, init_state
 from rlx.train.placement import copy_to
-from rlx.train.update import score, score_logprobs
+from rlx.train.update import score, score_logprobs, score_rows
 
 PRM_TEMPERATURE = 1.0
 
@@ -126,17 +126,18 @@ class ImplicitPRM:
     def step(self, state: dict, batch, mask_BxR: np.ndarray, old_logp_BxR: np.ndarray):
         """Update on this batch and score it at temperature 1 (module docstring)."""
         p = self.cfg.prime
+        rows = len(batch.group_ids) // self.cfg.trainer.mini_batches // self.spec.micro_batches
         with jax.set_mesh(self.mesh):
             device = _device_batch(batch, mask_BxR, self.mesh)
             if p.reference == "sft":
-                prm_ref = score(self.graphdef, self.ref_params, device, PRM_TEMPERATURE)
+                prm_ref = score_rows(score, self.graphdef, self.ref_params, device, PRM_TEMPERATURE, self.mesh, rows)
             else:
-                prm_ref = hostio.put_rows(np.asarray(old_logp_BxR, np.float32), self.mesh)
-            device["prm_ref_logp"] = prm_ref
+                prm_ref = np.asarray(old_logp_BxR, np.float32)
+            device["prm_ref_logp"] = hostio.put_rows(np.asarray(prm_ref, np.float32), self.mesh)
             state, logp, metrics = self._update(state, device)
             if p.update == "before":
-                logp = score(self.graphdef, state["params"], device, PRM_TEMPERATURE)
-        logp, prm_ref = hostio.get((logp, prm_ref))  # the rest runs on each host's copy
+                logp = score_rows(score, self.graphdef, state["params"], device, PRM_TEMPERATURE, self.mesh, rows)
+        logp, prm_ref = np.asarray(hostio.get(logp)), np.asarray(prm_ref)  # the rest runs on each host's copy
         acc = np.asarray(batch.correct, np.float32)
         real = (batch.group_ids >= 0) & ~np.isnan(acc)
         q_sum = np.asarray(implicit_q(logp, prm_ref, mask_BxR)).sum(1)

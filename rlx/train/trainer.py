@@ -43,7 +43,7 @@ from rlx.train.prm import build_prm
 from rlx.train.rewards import RewardScorer
 from rlx.train.shaping import length_at, observe_length, shape_scores
 from rlx.train.state import RLState
-from rlx.train.update import LossSpec, score, score_with_entropy, train_step
+from rlx.train.update import LossSpec, score, score_rows, score_with_entropy, train_step
 
 
 def sampling_config(cfg: Config, temperature: float | None = None) -> SamplingConfig:
@@ -82,6 +82,9 @@ class RLTrainer:
                                schedule=o.schedule, min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay,
                                b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip)
         self.micro_batches = micro_batches(cfg)
+        # Scoring passes take a micro-batch of rows at a time, as the update does: at long
+        # contexts one program over the whole step would need many times the update's memory.
+        self.score_rows = t.prompts_per_step * cfg.algo.n // t.mini_batches // self.micro_batches
         e = cfg.engine
         self.engine = Engine(model, EngineConfig(
             max_concurrent_decodes=e.max_concurrent_decodes, max_prefill_length=e.max_prefill_length,
@@ -252,18 +255,20 @@ class RLTrainer:
         host = {"ids": ids, "mask": mask, "positions": positions, "response_mask": batch.response_mask}
         # A greedy rollout is scored as a near-point mass.
         temperature = max(state.temperature, 1e-6)
-        with jax.set_mesh(self.meshes.actor):
-            device = hostio.put_rows(host, self.meshes.actor)
-            logp, entropy = score_with_entropy(self.graphdef, state.params, device, temperature)
+        mesh = self.meshes.actor
+        with jax.set_mesh(mesh):
+            device = hostio.put_rows(host, mesh)
+            logp, entropy = score_rows(score_with_entropy, self.graphdef, state.params, device, temperature, mesh,
+                                       self.score_rows)
         recompute = self.cfg.algo.recompute_old_logprobs or sampling_config(self.cfg, state.temperature).truncates
-        old_logp = np.asarray(hostio.get(logp) if recompute else batch.logprobs, np.float32)
+        old_logp = np.asarray(logp if recompute else batch.logprobs, np.float32)
         ref_logp = None
         if self.ref_params is not None:
             mesh = self.meshes.reference
             with jax.set_mesh(mesh):
-                ref_logp = np.asarray(hostio.get(score(self.graphdef, self.ref_params, hostio.put_rows(host, mesh),
-                                                       temperature)), np.float32)
-        return device, old_logp, ref_logp, float(hostio.get(entropy))
+                ref_logp = np.asarray(score_rows(score, self.graphdef, self.ref_params, hostio.put_rows(host, mesh),
+                                                 temperature, mesh, self.score_rows), np.float32)
+        return device, old_logp, ref_logp, float(entropy)
 
     # -- update ---------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -124,3 +125,30 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, spec: LossSpec
         else:
             metrics[f"actor/{key}"] = value / denom
     return params, opt_state, metrics
+
+
+def score_rows(fn, graphdef, params, device: dict, temperature, mesh, rows_per_call: int):
+    """`fn` (`score` or `score_with_entropy`) over the batch's rows `rows_per_call` at a time, so
+    a long-context step's scoring holds one micro-batch's activations, as its update does.
+
+    Returns what `fn` returns for the whole batch: log-probs [B, R] (host), and for
+    `score_with_entropy` the token-weighted mean entropy.
+    """
+    from rlx import hostio
+
+    rows = device["ids"].shape[0]
+    if rows_per_call >= rows:
+        out = fn(graphdef, params, device, temperature)
+        return hostio.get(out)
+    logps, weighted, tokens = [], 0.0, 0.0
+    mask = hostio.get(device["response_mask"])
+    for start in range(0, rows, rows_per_call):
+        idx = np.arange(start, min(start + rows_per_call, rows))
+        out = hostio.get(fn(graphdef, params, hostio.take_rows(device, idx, mesh), temperature))
+        if isinstance(out, tuple):
+            count = float(mask[idx].sum())
+            weighted, tokens = weighted + float(out[1]) * count, tokens + count
+            out = out[0]
+        logps.append(np.asarray(out))
+    logp = np.concatenate(logps)
+    return (logp, weighted / max(tokens, 1.0)) if fn is score_with_entropy else logp
