@@ -41,7 +41,7 @@ class Prompter:
     def encode(self, text: str) -> list[int]:
         # A Hugging Face tokenizer with a BOS token (Llama) gets it, unless the prompt already opens
         # with its text (a llama3 chat prompt); rlx's own sentencepiece tasks train without one.
-        bos = self.tokenizer.bos_id
+        bos = getattr(self.tokenizer, "bos_id", None)
         if bos is None or getattr(self.tokenizer, "kind", "") == "sentencepiece":
             return self.tokenizer.encode(text)
         return self.tokenizer.encode(text, add_bos=not text.startswith(self.tokenizer.id_to_piece(bos)))
