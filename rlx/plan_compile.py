@@ -60,9 +60,11 @@ def target_devices(topology: str) -> list:
                           f"{TPU_EXTRA}")
     from jax.experimental import topologies
 
-    # The compile needs no TPU attached; keep JAX on the CPU so libtpu does not look for one.
+    # The compile needs no TPU attached; keep JAX on the CPU so libtpu does not look for one,
+    # and let libtpu load beside other JAX processes (it takes a host-wide lock otherwise).
     if not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_platforms", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except Exception as e:  # libtpu's JaxRuntimeError: the name's shape is not a valid slice
