@@ -38,13 +38,13 @@ def bench_rlx_grpo_update(model: Transformer, batch: dict, timed, steps: int = 3
     params = jax.tree.map(jnp.copy, params)
     optimizer = adamw(1e-6, 1000, grad_clip=1.0)
     state = {"params": params, "opt": init_state(optimizer, params)}
-    spec = LossSpec(temperature=1.0, agg="token-mean", max_len=batch["adv"].shape[1])
+    spec = LossSpec(agg="token-mean", max_len=batch["adv"].shape[1])
     device = jax.tree.map(jnp.asarray, batch)
     out = {}
 
     def run():
         state["params"], state["opt"], metrics = train_step(graphdef, optimizer, spec, state["params"],
-                                                            state["opt"], device, jnp.float32(0.0))
+                                                            state["opt"], device, jnp.float32(0.0), jnp.float32(1.0))
         out["loss"] = float(jax.block_until_ready(metrics["actor/loss"]))
 
     first_s, step_s = timed(run, steps)

@@ -103,7 +103,7 @@ def run(cfg) -> dict:
              "old_logp": ro.logprobs[:mini], "ref_logp": ro.logprobs[:mini],
              "adv": rng.standard_normal((mini, 1)).repeat(width, 1).astype(np.float32)}
     micro = cfg.trainer.micro_batch_size or mini
-    spec = loss_spec(cfg, mini // micro)
+    spec = loss_spec(cfg, mini // micro, cfg.engine.max_new_tokens)
     graphdef, params = nnx.split(model)
     optimizer = adamw(cfg.optim.lr, 10, grad_clip=cfg.optim.grad_clip)
     state = {"params": jax.tree.map(jnp.copy, params)}
@@ -112,7 +112,7 @@ def run(cfg) -> dict:
 
     def update():
         state["params"], state["opt"], m = train_step(graphdef, optimizer, spec, state["params"], state["opt"],
-                                                      device, jnp.float32(0.0))
+                                                      device, jnp.float32(0.0), jnp.float32(max(e.temperature, 1e-6)))
         jax.block_until_ready(m)
 
     compile_s, update_s = timed(update, 3)

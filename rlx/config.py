@@ -63,7 +63,9 @@ class DataSection:
     # jsonl / parquet sets: the column of demonstration responses for SFT ("" = none).
     response_field: str = ""
     template: str = "plain"
-    max_prompt_len: int = 128
+    # Prompts longer than this many tokens are dropped (and counted) when the data loads;
+    # 0 = engine.max_prefill_length, the longest prompt the engine takes.
+    max_prompt_len: int = 0
     shuffle: bool = True
     # Built-in task only: how many problems to generate for training and held-out evaluation.
     train_size: int = 20000
@@ -123,7 +125,9 @@ class AlgoSection:
     recompute_old_logprobs: bool = False
     w_reinforce_lambda: float = 0.1
     gamma: float = 1.0
-    lam: float = 1.0
+    # Keyword arguments of your own estimator (algo.advantage=module:function); built-ins read
+    # their settings from named keys instead.
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,6 @@ class TrainerSection:
     mini_batches: int = 1
     epochs: int = 1
     micro_batch_size: int = 0
-    log_every: int = 1
     eval_every: int = 0
 
 
@@ -432,9 +435,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"plan.topology='{cfg.plan.topology}' is not a TPU topology name; give "
                           f"GENERATION:AxBxC, e.g. v5p:2x2x1 (4 chips), v5p:4x4x2 (32 chips), "
                           f"v5e:16x16 (256 chips), v6e:4x4, v4:2x2x2, or '' for the local devices")
-    from rlx.config_checks import check_objectives
+    from rlx.config_checks import check_sections
 
-    check_objectives(cfg)
+    check_sections(cfg)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -1,4 +1,7 @@
-"""Cross-field checks of the objective-specific config sections (called by `rlx.config.validate`)."""
+"""Every config value checked when the config loads, against the registries the run uses, so
+`--print-config` and the first second of a run catch what the run would hit minutes later
+(called by `rlx.config.validate`). Each error names the key and what to change.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,71 @@ if TYPE_CHECKING:
     from rlx.config import Config
 
 
-def check_objectives(cfg: Config) -> None:
-    """Temperature control, CAMPO and PURE settings that a type alone cannot check."""
-    e, c, a = cfg.engine, cfg.campo, cfg.algo
+def one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}='{value}' is not one of {', '.join(map(str, allowed))}")
+
+
+def check_sections(cfg: Config) -> None:
+    check_model(cfg)
+    check_data(cfg)
+    check_sampling(cfg)
+    check_algo(cfg)
+    check_rewards(cfg)
+    check_prime_pure(cfg)
+    check_campo(cfg)
+
+
+def check_model(cfg: Config) -> None:
+    from rlx.models.config import DTYPES, REMAT_POLICIES
+    from rlx.train.optim import SCHEDULES
+
+    m = cfg.model
+    one_of("model.dtype", m.dtype, DTYPES)
+    one_of("model.param_dtype", m.param_dtype, DTYPES)
+    one_of("model.remat", m.remat, REMAT_POLICIES)
+    one_of("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    o = cfg.optim
+    if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
+        raise ConfigError(f"optim.lr={o.lr} must be > 0, optim.warmup_steps={o.warmup_steps} >= 0, "
+                          f"optim.min_lr_ratio={o.min_lr_ratio} in [0, 1] and optim.grad_clip={o.grad_clip} "
+                          ">= 0 (0 = no clipping)")
+
+
+def check_data(cfg: Config) -> None:
+    from rlx.data.templates import CHAT_TEMPLATES, TEMPLATES
+
+    d = cfg.data
+    one_of("data.template", d.template, TEMPLATES)
+    style = cfg.tokenizer.chat_style
+    if style:
+        from rlx.models.chat import STYLES
+
+        one_of("tokenizer.chat_style", style, sorted(STYLES))
+        if d.template in CHAT_TEMPLATES:
+            raise ConfigError(f"data.template='{d.template}' already renders a chat prompt; leave "
+                              "tokenizer.chat_style empty or use data.template=plain or boxed")
+    if d.task not in ("arith", "jsonl", "parquet", "json"):
+        from rlx.data.loaders import ALIASES, EVAL_SETS
+
+        if d.task not in EVAL_SETS and d.task not in ALIASES:
+            raise ConfigError(f"data.task='{d.task}' is not known: use 'arith' (built-in), 'jsonl' / 'parquet' "
+                              f"with data.path, or an evaluation set ({', '.join(EVAL_SETS)})")
+    elif d.task != "arith" and not d.path:
+        raise ConfigError(f"data.task={d.task} needs data.path (a .jsonl / .parquet prompt set)")
+    if d.max_prompt_len < 0 or d.max_prompt_len > cfg.engine.max_prefill_length:
+        raise ConfigError(f"data.max_prompt_len={d.max_prompt_len} must be between 0 (= engine.max_prefill_length) "
+                          f"and engine.max_prefill_length={cfg.engine.max_prefill_length}, the longest prompt the "
+                          "engine takes; raise engine.max_prefill_length too")
+
+
+def check_sampling(cfg: Config) -> None:
+    e = cfg.engine
+    if e.top_k < 0 or not 0 <= e.min_p < 1:
+        raise ConfigError(f"engine.top_k={e.top_k} must be >= 0 (0 = off) and engine.min_p={e.min_p} in [0, 1)")
+    if e.steps_per_sync < 1 or e.max_prefill_length < 1:
+        raise ConfigError(f"engine.steps_per_sync={e.steps_per_sync} and engine.max_prefill_length="
+                          f"{e.max_prefill_length} must be >= 1")
     if e.temperature_control:
         if e.temperature == 0:
             raise ConfigError("engine.temperature_control needs sampling: set engine.temperature > 0")
@@ -22,15 +87,88 @@ def check_objectives(cfg: Config) -> None:
         if not 0 < e.min_temperature <= e.max_temperature:
             raise ConfigError(f"need 0 < engine.min_temperature <= engine.max_temperature, got "
                               f"{e.min_temperature} and {e.max_temperature}")
-    choices = {"algo.dynamic_sampling_metric": (a.dynamic_sampling_metric, ("score", "correct")),
-               "campo.repetition_penalty": (c.repetition_penalty, ("none", "paper", "code")),
-               "pure.step_score": (cfg.pure.step_score, ("prefix", "step")),
-               "pure.prm": (cfg.pure.prm, ("implicit", "classifier")),
-               "pure.weighting": (cfg.pure.weighting, ("min", "sum")),
-               "pure.baseline": (cfg.pure.baseline, ("step", "token"))}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}='{value}' is not one of {', '.join(allowed)}")
+
+
+def check_algo(cfg: Config) -> None:
+    from rlx.kernels.aggregation import AGGREGATIONS
+    from rlx.kernels.policy_loss import KL_TYPES
+    from rlx.train.objectives import get_objective
+
+    a = cfg.algo
+    objective = get_objective(a.advantage)
+    one_of("algo.loss_agg", a.loss_agg, AGGREGATIONS)
+    one_of("algo.kl_type", a.kl_type, KL_TYPES)
+    one_of("algo.dynamic_sampling_metric", a.dynamic_sampling_metric, ("score", "correct"))
+    if a.kl_coef < 0 or a.entropy_coef < 0 or a.clip_low < 0 or a.clip_high < 0:
+        raise ConfigError(f"algo.kl_coef={a.kl_coef}, algo.entropy_coef={a.entropy_coef}, algo.clip_low={a.clip_low} "
+                          f"and algo.clip_high={a.clip_high} must be >= 0")
+    if a.dual_clip and a.dual_clip <= 1:
+        raise ConfigError(f"algo.dual_clip={a.dual_clip} must be > 1 (dual-clip PPO's c), or 0 for off")
+    if a.kl_in_reward and a.kl_coef > 0 and not objective.kl_in_reward:
+        raise ConfigError(f"algo.advantage={a.advantage} does not take the KL in its rewards; set "
+                          "algo.kl_in_reward=false to use the KL as a loss term")
+    if a.options and a.advantage in _BUILTIN_ESTIMATORS:
+        raise ConfigError(f"algo.options is read only by your own estimators (algo.advantage=module:function); "
+                          f"{a.advantage} takes its settings from named keys -- drop algo.options")
+    if a.max_oversample_rounds < 0:
+        raise ConfigError(f"algo.max_oversample_rounds={a.max_oversample_rounds} must be >= 0")
+    objective.check(cfg)
+
+
+_BUILTIN_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "w_reinforce", "psr",
+                       "nsr", "empo", "prime", "pure")
+
+
+def check_rewards(cfg: Config) -> None:
+    from rlx.rewards import resolve_reward
+
+    r = cfg.rewards
+    if not r.fns:
+        raise ConfigError("rewards.fns is empty; name at least one reward, e.g. rewards.fns=[{name: math}]")
+    for spec in r.fns:
+        resolve_reward(spec.name)
+    if r.timeout <= 0 or r.workers < 0:
+        raise ConfigError(f"rewards.timeout={r.timeout} must be > 0 seconds and rewards.workers={r.workers} "
+                          ">= 0 (0 = in-process, no time limit)")
+    band = r.empo.entropy_band
+    if band and (len(band) != 2 or not 0 <= band[0] <= band[1]):
+        raise ConfigError(f"rewards.empo.entropy_band={list(band)} must be [low, high] with 0 <= low <= high "
+                          f"(nats), or [] for no filter")
+    if band and not any(spec.name == "empo" for spec in r.fns):
+        raise ConfigError("rewards.empo.entropy_band filters on the empo reward's entropy; add "
+                          "{name: empo} to rewards.fns or drop the band")
+    if any(spec.name == "empo" for spec in r.fns):
+        from rlx.rewards import empo as empo_rewards
+
+        if r.empo.equivalence not in empo_rewards.EQUIVALENCES:
+            try:  # fail at load, not in a worker mid-run
+                empo_rewards.load_judge(r.empo.equivalence)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+
+
+def check_prime_pure(cfg: Config) -> None:
+    """The sections' enums, checked whichever objective runs, so a typo never waits."""
+    from rlx.kernels.prime import GRANULARITIES
+    from rlx.train.prm import PRM_ROLES
+
+    p, pu = cfg.prime, cfg.pure
+    one_of("prime.update", p.update, ("before", "after"))
+    one_of("prime.reference", p.reference, ("sft", "old_policy"))
+    one_of("prime.granularity", p.granularity, GRANULARITIES)
+    if p.prm_lr <= 0 or p.beta <= 0:
+        raise ConfigError(f"prime.prm_lr={p.prm_lr} and prime.beta={p.beta} must be > 0")
+    one_of("pure.prm", pu.prm, PRM_ROLES)
+    one_of("pure.step_score", pu.step_score, ("prefix", "step"))
+    one_of("pure.weighting", pu.weighting, ("min", "sum"))
+    one_of("pure.baseline", pu.baseline, ("step", "token"))
+    if pu.temperature <= 0 or pu.max_steps < 1 or not pu.separators:
+        raise ConfigError("pure.temperature must be > 0, pure.max_steps >= 1 and pure.separators non-empty")
+
+
+def check_campo(cfg: Config) -> None:
+    c = cfg.campo
+    one_of("campo.repetition_penalty", c.repetition_penalty, ("none", "paper", "code"))
     if c.max_lengths:
         if any(n < 1 for n in c.max_lengths):
             raise ConfigError(f"campo.max_lengths={list(c.max_lengths)} must all be >= 1")
@@ -41,14 +179,3 @@ def check_objectives(cfg: Config) -> None:
         raise ConfigError("campo.boundaries is set but campo.max_lengths is empty; list the stage lengths")
     if c.loop_min_repeats < 2:
         raise ConfigError(f"campo.loop_min_repeats={c.loop_min_repeats} must be >= 2")
-    band = cfg.rewards.empo.entropy_band
-    if band and (len(band) != 2 or not 0 <= band[0] <= band[1]):
-        raise ConfigError(f"rewards.empo.entropy_band={list(band)} must be [low, high] with 0 <= low <= high "
-                          f"(nats), or [] for no filter")
-    if band and not any(spec.name == "empo" for spec in cfg.rewards.fns):
-        raise ConfigError("rewards.empo.entropy_band filters on the empo reward's entropy; add "
-                          "{name: empo} to rewards.fns or drop the band")
-    if cfg.pure.prm == "classifier" and not cfg.pure.prm_path:
-        raise ConfigError("pure.prm=classifier needs pure.prm_path: a PRM checkpoint directory")
-    if cfg.pure.temperature <= 0 or cfg.pure.max_steps < 1 or not cfg.pure.separators:
-        raise ConfigError("pure.temperature must be > 0, pure.max_steps >= 1 and pure.separators non-empty")

@@ -36,13 +36,11 @@ from typing import Callable, Sequence
 
 from rlx.config import Config, ConfigError, DataSection, EvalSection, dump_yaml, to_dict
 from rlx.data.loaders import ALIASES, EVAL_SETS, load_eval, load_records
-from rlx.data.templates import TEMPLATES, render_prompt
+from rlx.data.templates import build_prompt
 from rlx.eval_metrics import Equal, Scored, aggregate
 from rlx.metrics import Progress, is_chief, prepare_run_dir, write_json
 from rlx.rewards.math import equivalent, extract_answer, last_boxed, reward
 
-# Templates that already render a chat format; `tokenizer.chat_style` would wrap them twice.
-CHAT_TEMPLATES = ("qwen25-math-cot", "llama3-chat")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -115,25 +113,6 @@ def _load_one(entry: str, data: DataSection, limit: int | None) -> tuple[str, li
                       "whose fields data.question_field / data.answer_field name")
 
 
-def build_prompt(question: str, template: str, chat_style: str = "") -> str:
-    """`data.template` applied to the question, then wrapped as a user turn in `chat_style`."""
-    from rlx.models.chat import STYLES, apply_chat_template
-
-    if template not in TEMPLATES:
-        raise ConfigError(f"data.template='{template}' is not a prompt template; choose one of "
-                          f"{', '.join(TEMPLATES)}")
-    text = render_prompt(question, template)
-    if not chat_style:
-        return text
-    if chat_style not in STYLES:
-        raise ConfigError(f"tokenizer.chat_style='{chat_style}' is not a chat style; choose one of "
-                          f"{', '.join(sorted(STYLES))} or leave it empty")
-    if template in CHAT_TEMPLATES:
-        raise ConfigError(f"data.template='{template}' already renders a chat prompt; leave "
-                          f"tokenizer.chat_style empty or use data.template=plain or boxed")
-    return apply_chat_template([{"role": "user", "content": text.strip()}], chat_style)
-
-
 # ---------------------------------------------------------------------------------------------
 # Scoring
 
@@ -204,23 +183,9 @@ def evaluate_dataset(name: str, records: Sequence[dict], prompts: Sequence[str],
 # Generation through the engine
 
 
-class _VocabDecoder:
-    """`decode` that drops ids past the tokenizer's vocabulary.
-
-    A model's embedding is often padded beyond its tokenizer (Qwen2.5: 151,936 rows for
-    151,665 tokens), and a random or young model samples those rows; sentencepiece would
-    raise on them.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.size = tokenizer, tokenizer.vocab_size
-
-    def decode(self, ids) -> str:
-        return self.tokenizer.decode([int(i) for i in ids if 0 <= int(i) < self.size])
-
-
 class EngineGenerator:
-    """Encode, roll out through one `rlx.engine.Engine` sized for `prompts`, decode.
+    """Prompts through one `rlx.engine.Engine` sized for them, by the shared path of
+    `rlx.generate` (the one training uses).
 
     The engine's prompt length is the longest of `prompts` rounded up to a power of two and
     its cache adds `max_new_tokens`, so every dataset of a run shares one set of compiled
@@ -231,31 +196,27 @@ class EngineGenerator:
                  steps_per_sync: int = 8, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
                  stop: Sequence[str] = ()):
         from rlx.engine import Engine, EngineConfig
+        from rlx.generate import Prompter
 
-        self.tokenizer, self.decoder = tokenizer, _VocabDecoder(tokenizer)
-        self._bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else None
+        self.tokenizer, self.prompter = tokenizer, Prompter(tokenizer)
         self.max_new_tokens, self.stop = max_new_tokens, tuple(stop)
         self.filters = {"top_p": top_p, "top_k": top_k, "min_p": min_p}
-        longest = max(len(self.encode(p)) for p in prompts)
+        longest = max(len(self.prompter.encode(p)) for p in prompts)
         prefill = 1 << max(4, (longest - 1).bit_length())
         self.engine = Engine(model, EngineConfig(
             max_concurrent_decodes=slots, max_prefill_length=prefill, steps_per_sync=steps_per_sync,
             max_cache_len=prefill + max_new_tokens, eos_ids=tuple(tokenizer.eos_ids)))
 
-    def encode(self, text: str) -> list[int]:
-        # A chat prompt that opens with the BOS text (llama3) already encodes to the BOS id.
-        return self.tokenizer.encode(text, add_bos=self._bos is not None and not text.startswith(self._bos))
-
     def __call__(self, prompts: Sequence[str], *, n: int, temperature: float, seed: int) -> list[list[Response]]:
-        from rlx.engine import rollout
+        from rlx.engine import SamplingConfig
+        from rlx.generate import generate
 
-        filters = self.filters if temperature > 0 else {}
-        out = rollout(None, [self.encode(p) for p in prompts], n=n, max_new_tokens=self.max_new_tokens,
-                      temperature=temperature, seed=seed, eos_ids=self.tokenizer.eos_ids, stop=self.stop,
-                      tokenizer=self.decoder if self.stop else None, engine=self.engine, **filters)
-        lengths = out.response_mask.sum(axis=1)
-        flat = [Response(self.decoder.decode(ids[:length]), str(reason), int(length))
-                for ids, length, reason in zip(out.response_ids, lengths, out.finish_reason)]
+        sampling = SamplingConfig(temperature=temperature, **(self.filters if temperature > 0 else {}))
+        gen = generate(self.engine, self.tokenizer, [self.prompter.encode(p) for p in prompts], n=n,
+                       max_new_tokens=self.max_new_tokens, sampling=sampling, seed=seed, stop=self.stop)
+        lengths = gen.rollouts.response_mask.sum(axis=1)
+        flat = [Response(text, str(reason), int(length))
+                for text, length, reason in zip(gen.texts, lengths, gen.rollouts.finish_reason)]
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]  # rows are prompt-major
 
 
@@ -324,7 +285,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def run(cfg: Config) -> dict:
     """The eval job: results.json, results.md and samples_<dataset>.jsonl in `cfg.run_dir`."""
     from rlx.build import build_mesh, build_model
-    from rlx.models.chat import stop_strings
+    from rlx.generate import stop_rules
 
     ev = cfg.eval
     check_eval_section(ev)
@@ -335,10 +296,10 @@ def run(cfg: Config) -> dict:
     model = build_model(cfg.model, seed=cfg.run.seed, mesh=build_mesh(cfg.mesh))
     every_prompt = [p for ps in prompts.values() for p in ps]
     tokenizer = build_tokenizer_for(cfg, model, every_prompt, run_dir)
-    stop = tuple(cfg.engine.stop) + (stop_strings(cfg.tokenizer.chat_style) if cfg.tokenizer.chat_style else ())
     generate = EngineGenerator(model, tokenizer, every_prompt, max_new_tokens=ev.max_new_tokens,
                                slots=cfg.engine.max_concurrent_decodes, steps_per_sync=cfg.engine.steps_per_sync,
-                               top_p=ev.top_p, top_k=ev.top_k, min_p=ev.min_p, stop=stop)
+                               top_p=ev.top_p, top_k=ev.top_k, min_p=ev.min_p,
+                               stop=stop_rules(cfg.engine.stop, cfg.tokenizer.chat_style, cfg.data.template))
     # A few engine-fulls per call: the bar moves often and continuous batching stays busy.
     chunk = max(1, 4 * cfg.engine.max_concurrent_decodes // ev.n)
     summary = {"model": cfg.model.hf_path or f"preset:{cfg.model.preset}", "template": cfg.data.template,

@@ -30,6 +30,7 @@ from rlx import mesh as rmesh
 from rlx import models
 from rlx.config import ConfigError
 from rlx.plan import DEVICES, GIB, model_config, resolve_mesh, roles_of, topology_devices
+from rlx.train.optim import adamw
 
 TPU_EXTRA = "pip install -e '.[tpu]'"
 
@@ -154,8 +155,6 @@ def batch_shape(cfg) -> dict:
 
 def actor_optimizer(cfg):
     """The optimizer RLTrainer builds (its state's layout is what the update carries)."""
-    from rlx.train.optim import adamw
-
     o, t = cfg.optim, cfg.trainer
     return adamw(o.lr, t.steps * t.mini_batches * t.epochs, warmup_steps=o.warmup_steps, schedule=o.schedule,
                  min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
@@ -167,7 +166,8 @@ def phases(cfg, mesh: Mesh) -> list[Phase]:
     from rlx.engine.engine import Engine
     from rlx.engine.sampling import SamplingConfig
     from rlx.engine.state import EngineConfig, pick_bucket, pow2_buckets
-    from rlx.train.prime import PrmSpec, prm_train_step
+    from rlx.train.objectives import get_objective
+    from rlx.train.prm import PrmSpec, prm_train_step
     from rlx.train.sft import sft_step
     from rlx.train.trainer import loss_spec
     from rlx.train.update import score, score_with_entropy, train_step
@@ -205,9 +205,7 @@ def phases(cfg, mesh: Mesh) -> list[Phase]:
     if "reference" in roles:
         out.append(Phase("reference scoring", shape_of(b["step_rows"]),
                          lambda: score.lower(graphdef, params, scored, temperature), p_bytes))
-    if "prm" in roles and (cfg.algo.advantage == "prime" or cfg.pure.prm == "implicit"):
-        from rlx.train.optim import adamw
-
+    if get_objective(cfg.algo.advantage).prm(cfg) == "implicit":  # a trained PRM (ImplicitPRM)
         p = cfg.prime
         prm_opt = adamw(p.prm_lr, max(cfg.trainer.steps * cfg.trainer.mini_batches, 1), schedule="constant",
                         weight_decay=p.prm_weight_decay, grad_clip=p.prm_grad_clip)
@@ -218,8 +216,6 @@ def phases(cfg, mesh: Mesh) -> list[Phase]:
                          lambda: prm_train_step.lower(graphdef, prm_opt, prm_spec, params, prm_state,
                                                       prm_batch), p_bytes + device_bytes(prm_state)))
     if cfg.sft.steps > 0:
-        from rlx.train.optim import adamw
-
         s = cfg.sft
         sft_opt = adamw(s.lr, s.steps, warmup_steps=s.warmup_steps, grad_clip=1.0)
         sft_state = abstract_opt_state(sft_opt, params, mesh)

@@ -61,9 +61,9 @@ def test_cross_field_checks_name_the_fix():
 
 
 def test_reward_specs_and_free_form_overrides():
-    cfg = load_config(None, ["rewards.fns=[{name: math, weight: 1.0}, {name: format, weight: 0.5}]",
+    cfg = load_config(None, ["rewards.fns=[{name: math, weight: 1.0}, {name: boxed, weight: 0.5}]",
                              "model.overrides.n_layers=2"])
-    assert [r.name for r in cfg.rewards.fns] == ["math", "format"]
+    assert [r.name for r in cfg.rewards.fns] == ["math", "boxed"]
     assert cfg.model.overrides == {"n_layers": 2}
 
 

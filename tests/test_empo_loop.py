@@ -12,7 +12,7 @@ from rlx.build import build_model
 from rlx.config import ConfigError, load_config
 from rlx.data.loaders import load_records
 from rlx.kernels import ADVANTAGE_FNS
-from rlx.kernels.empo import cluster_answers, empo_rewards
+from rlx.kernels.empo import cluster_answers, empo_rewards, entropy_from_rewards
 from rlx.rewards import empo
 from rlx.rewards.math import equivalent
 from rlx.train.rewards import RewardScorer
@@ -92,13 +92,13 @@ def test_empo_loop_trains_two_steps_on_prompts_without_answers(tmp_path):
     task.train = [{k: v for k, v in r.items() if k != "answer"} for r in task.train]
     model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
     trainer = RLTrainer(cfg, model, task)
-    start = [np.asarray(x) for x in jax.tree.leaves(trainer.params)]
+    start = [np.asarray(x) for x in jax.tree.leaves(trainer.state.params)]
     for _ in range(2):
         metrics = trainer.step()
         assert np.isnan(metrics["reward/accuracy"]) and np.isfinite(metrics["actor/loss"])
         assert 0.0 <= metrics["reward/empo"] <= 1.0
-    assert trainer.step_count == 2
-    end = [np.asarray(x) for x in jax.tree.leaves(trainer.params)]
+    assert trainer.state.step == 2
+    end = [np.asarray(x) for x in jax.tree.leaves(trainer.state.params)]
     # The untrained model's "last numbers" agree often enough to give a learning signal.
     assert any(not np.array_equal(a, b) for a, b in zip(start, end))
 
@@ -110,18 +110,21 @@ def test_entropy_band_keeps_only_groups_inside_it(tmp_path):
     task = build_task(cfg)
     model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
     trainer = RLTrainer(cfg, model, task)
-    assert trainer._sampling_rounds() == 1 + cfg.algo.max_oversample_rounds
-    sb, metrics = trainer._sample(trainer.stream.next(), seed=0)
+    assert trainer.rounds() == 1 + cfg.algo.max_oversample_rounds
+    sb, metrics = trainer.sample(trainer.stream.batch(0), trainer.sampling(), trainer.max_new_tokens(), seed=0)
+    entropy = np.asarray(entropy_from_rewards(sb.per_fn["empo"], sb.group_ids))
     # The entropy comes back from the rewards alone: check it against the clusters' definition.
     texts = [trainer.tokenizer.decode(r[m.astype(bool)].tolist()) for r, m in zip(sb.response_ids, sb.response_mask)]
     for grp in range(4):
         answers = [empo.extract(t, boxed_required=False) for t in texts[4 * grp:4 * grp + 4]]
         ids = empo.cluster(answers, lambda a, b: equivalent(a, b))
         h = -sum(ids.count(c) / 4 * math.log(ids.count(c) / 4) for c in set(ids))
-        assert sb.entropy[4 * grp] == pytest.approx(h, abs=1e-5)
-    assert metrics["empo/semantic_entropy"] == pytest.approx(float(sb.entropy.mean()))
-    sb.entropy = np.repeat([0.0, 0.5, 1.2, math.log(4)], 4).astype(np.float32)  # 1.2 rounds up in float32
-    assert trainer._keep_groups(sb).tolist() == [False, True, True, False]
+        assert entropy[4 * grp] == pytest.approx(h, abs=1e-5)
+    assert metrics["empo/semantic_entropy"] == pytest.approx(float(entropy.mean()))
+    # Rewards whose clusters give entropies 0, log 4 - 3/4 log 3 (~0.56), log 2 (~0.69), log 4:
+    # (1111), (3/4 x3, 1/4), (1/2 x4), (1/4 x4).
+    sb.per_fn["empo"] = np.array([1, 1, 1, 1, .75, .75, .75, .25, .5, .5, .5, .5, .25, .25, .25, .25], np.float32)
+    assert trainer.keep_groups(sb).tolist() == [False, True, True, False]
     m = trainer.step()
     assert 0.0 <= m["filter/kept_fraction"] <= 1.0 and np.isfinite(m["actor/loss"])
 

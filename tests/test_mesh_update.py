@@ -46,7 +46,7 @@ def update(mesh):
     device = {k: jax.device_put(v, rows) for k, v in batch.items()}
     with jax.set_mesh(mesh):
         new, _, metrics = train_step(graphdef, optimizer, spec, params, optimizer.init(params), device,
-                                     jnp.float32(0.1))
+                                     jnp.float32(0.1), jnp.float32(1.0))
     return float(metrics["actor/loss"]), [np.asarray(x) for x in jax.tree.leaves(new)]
 
 ref_loss, ref_params = update(single_device_mesh())

@@ -7,9 +7,12 @@ import pytest
 import reference_numpy as ref
 from rlx.build import build_model
 from rlx.config import ConfigError, load_config
-from rlx.train.prime import trainer_class
-from rlx.train.pure import PureTrainer, split_steps, step_ends, step_scores
+from rlx.train import pure
+from rlx.train.objectives import AdvantageInputs
+from rlx.train.prm import ImplicitPRM
+from rlx.train.pure import split_steps, step_ends, step_scores
 from rlx.train.task import build_task
+from rlx.train.trainer import RLTrainer
 
 from test_rl_loop import SMALL
 
@@ -66,13 +69,16 @@ def test_first_step_advantages_are_the_verifiable_rewards(setup):
     # step score and step reward is 0, and PURE's advantage is the whitened, RLOO-centred VR.
     cfg, task = setup
     model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
-    trainer = trainer_class(cfg)(cfg, model, task)
-    assert isinstance(trainer, PureTrainer)
-    sb, _ = trainer._collect(0)
+    trainer = RLTrainer(cfg, model, task)
+    assert trainer.objective is pure.PURE and isinstance(trainer.prm, ImplicitPRM)
+    sb, _, _ = trainer.collect(trainer.state, trainer.max_new_tokens())
     mask = sb.response_mask.astype(np.float32)
     sb.correct[: len(sb.correct) // 3] = True  # make VR vary within groups
-    adv = trainer._advantages(sb, sb.logprobs, None, sb.response_mask)
-    assert abs(trainer._prm_metrics["pure/process_reward_mean"]) < 1e-6  # 0 up to fusion order
+    _, prm_out, _ = trainer.prm.step(trainer.state.prm, sb, sb.response_mask, sb.logprobs)
+    adv, metrics = trainer.objective.advantages(AdvantageInputs(
+        cfg=cfg, batch=sb, mask_BxL=sb.response_mask, old_logp_BxL=sb.logprobs, ref_logp_BxL=None, kl_coef=0.0,
+        prm=prm_out, tokenizer=trainer.tokenizer))
+    assert abs(metrics["pure/process_reward_mean"]) < 1e-6  # 0 up to fusion order
     vr = sb.correct.astype(np.float64) - 1.0
     expect, _ = ref.pure_advantages([[] for _ in vr], [[] for _ in vr], vr, mask, sb.group_ids)
     np.testing.assert_allclose(adv, expect, atol=1e-5)
@@ -82,7 +88,7 @@ def test_first_step_advantages_are_the_verifiable_rewards(setup):
 def test_pure_trains_two_steps(setup):
     cfg, task = setup
     model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
-    trainer = trainer_class(cfg)(cfg, model, task)
+    trainer = RLTrainer(cfg, model, task)
     for _ in range(2):
         m = trainer.step()
     for key in ("pure/steps_mean", "pure/min_step_score_mean", "prm/loss", "actor/loss"):
@@ -100,7 +106,7 @@ def test_classifier_prm_scores_each_step(setup, tmp_path):
     cfg = load_config(None, SMALL + PURE + [f"run.out_dir={tmp_path}", "pure.prm=classifier",
                                             f"pure.prm_path={tmp_path / 'prm'}"])
     model = build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size)
-    trainer = trainer_class(cfg)(cfg, model, task)
+    trainer = RLTrainer(cfg, model, task)
     m = trainer.step()
     assert m["pure/step_score_mean"] == pytest.approx(np.tanh(1.0), rel=1e-5)
     assert m["pure/min_step_score_mean"] == pytest.approx(np.tanh(1.0), rel=1e-5)

@@ -49,7 +49,7 @@ from rlx.config import MeshSection, RoleMeshSection, load_config
 from rlx.mesh import make_mesh
 from rlx.rewards import REWARD_FNS
 from rlx.train.placement import build_role_meshes
-from rlx.train.prime import trainer_class
+from rlx.train.trainer import RLTrainer
 from rlx.train.task import build_task
 from tests.test_rl_loop import SMALL
 
@@ -87,15 +87,15 @@ def run(overrides, colocated):
     else:
         mesh = build_mesh(cfg.mesh)
     model = build_model(cfg.model, seed=0, mesh=mesh, vocab_size=task.tokenizer.vocab_size)
-    trainer = trainer_class(cfg)(cfg, model, task)
+    trainer = RLTrainer(cfg, model, task)
     metrics = [trainer.step() for _ in range(2)]
     engine_ids = ids(jax.tree.leaves(trainer.engine.params)[0].sharding.mesh)
     roles = {"engine": engine_ids, "reference": ids(jax.tree.leaves(trainer.ref_params)[0].sharding.mesh)}
-    if hasattr(trainer, "prm_params"):
-        roles["prm"] = ids(jax.tree.leaves(trainer.prm_params)[0].sharding.mesh)
-        roles["prm_ref"] = ids(jax.tree.leaves(trainer.prm_ref_params)[0].sharding.mesh)
-    params = [np.asarray(x) for x in jax.tree.leaves(trainer.params)]
-    prm = [np.asarray(x) for x in jax.tree.leaves(getattr(trainer, "prm_params", {}))]
+    if trainer.prm is not None:
+        roles["prm"] = ids(jax.tree.leaves(trainer.state.prm["params"])[0].sharding.mesh)
+        roles["prm_ref"] = ids(jax.tree.leaves(trainer.prm.ref_params)[0].sharding.mesh)
+    params = [np.asarray(x) for x in jax.tree.leaves(trainer.state.params)]
+    prm = [np.asarray(x) for x in jax.tree.leaves(trainer.state.prm.get("params", {}))]
     return metrics, params, prm, roles
 
 out = {}

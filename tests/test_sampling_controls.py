@@ -11,12 +11,13 @@ import pytest
 from rlx.build import build_model
 from rlx.checkpoint import Checkpointer
 from rlx.config import CampoSection, ConfigError, load_config
-from rlx.train.shaping import LengthSchedule, shape_scores
+from rlx.kernels.campo import LengthStage
+from rlx.train.shaping import length_at, observe_length, shape_scores
 from rlx.train.task import build_task
 from rlx.train.trainer import RLTrainer
 
 from test_engine_tiny import _CompileCounter
-from test_rl_loop import SMALL, interrupted
+from test_rl_loop import SMALL, assert_same_state, interrupted
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_moving_temperature_does_not_recompile(task):
     trainer = _trainer(task, ["engine.temperature_control=true", "engine.target_entropy=20",
                               "engine.max_temperature=50"])
     trainer.step()
-    t1 = trainer.temperature
+    t1 = trainer.state.temperature
     compiled = _CompileCounter()
     logger = logging.getLogger("jax")
     logger.addHandler(compiled)
@@ -64,7 +65,7 @@ def test_moving_temperature_does_not_recompile(task):
             trainer.step()
     finally:
         logger.removeHandler(compiled)
-    assert trainer.temperature != t1
+    assert trainer.state.temperature != t1
     assert not [m for m in compiled.messages if "train_step" in m or "score" in m], compiled.messages
 
 
@@ -75,12 +76,10 @@ def test_resume_restores_temperature_and_length_stage(task, tmp_path):
     for _ in range(3):
         straight.step()
     first, resumed = interrupted(lambda ckpt: _trainer(task, overrides, ckpt), tmp_path / "ckpt")
-    assert resumed.temperature == first.temperature != 1.0
-    assert resumed.lengths.state == first.lengths.state
+    assert resumed.state.temperature == first.state.temperature != 1.0
+    assert resumed.state.length_stage == first.state.length_stage
     resumed.step()
-    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert resumed.temperature == straight.temperature
+    assert_same_state(straight.state, resumed.state)
 
 
 def test_length_stages_set_the_rollout_length(task):
@@ -94,11 +93,11 @@ def test_length_stages_set_the_rollout_length(task):
 
 
 def test_saturation_schedule_advances_after_patience():
-    sched = LengthSchedule(CampoSection(max_lengths=(8, 16, 32), patience=2, min_growth=0.1), default=8)
+    c, stage = CampoSection(max_lengths=(8, 16, 32), patience=2, min_growth=0.1), LengthStage()
     seen = []
     for mean in (5.0, 6.0, 6.1, 6.2, 9.0, 9.05, 9.1, 9.2):
-        seen.append(sched.max_new_tokens(0))
-        sched.observe(mean)
+        seen.append(length_at(c, 8, stage, 0))
+        stage = observe_length(c, 8, stage, mean)
     # 5 -> 6 grows; 6.1 and 6.2 do not (< 10%): stage 1 after two flat steps; then 9 grows from
     # the reset best, 9.05 and 9.1 are flat: stage 2, the last; it stays there.
     assert seen == [8, 8, 8, 8, 16, 16, 16, 32]
@@ -123,12 +122,12 @@ def test_shape_scores_paper_and_code_forms():
 
 def test_dynamic_sampling_by_correctness_ignores_score_spread(task):
     trainer = _trainer(task, ["algo.dynamic_sampling=true", "algo.dynamic_sampling_metric=correct"])
-    sb = trainer._sample(trainer.stream.next(), seed=0)[0]
+    sb = trainer.sample(trainer.stream.batch(0), trainer.sampling(), trainer.max_new_tokens(), seed=0)[0]
     n = trainer.cfg.algo.n
     sb.correct[:] = False
     sb.correct[0] = True             # group 0: mixed correctness -> kept
     sb.scores[:] = np.arange(len(sb.scores))  # every group's scores differ -> irrelevant here
-    keep = trainer._keep_groups(sb)
+    keep = trainer.keep_groups(sb)
     assert keep.tolist() == [True] + [False] * (len(keep) - 1)
     assert len(sb.correct) == len(keep) * n
 

@@ -1,7 +1,8 @@
 """Checkpointable prompt streams over a list of records, read in shards and gathered.
 
 The grain pipeline runs over record *indices*: batches of indices are cheap to shuffle, shard
-and checkpoint (`get_state` / `set_state`), and records stay plain Python objects on the host.
+and address by position (the run state keeps the count of batches drawn), and records stay
+plain Python objects on the host.
 
 In a multi-process job process p draws indices p, p + P, p + 2P, ... of the shuffled order
 (its shard of each step), and the step's index batches are then all-gathered and interleaved,
@@ -26,8 +27,10 @@ def global_order(shards_PxB: np.ndarray) -> np.ndarray:
 
 
 class PromptStream:
-    """Endless shuffled batches of records: each process reads its shard of a step's batch, and
-    `next()` returns the whole (gathered) batch on every process."""
+    """Endless shuffled batches of records, addressed by index: `batch(k)` is the k-th batch of
+    the shuffled, repeated order, so the stream's whole state is the count of batches drawn
+    (kept in the run state). Each process reads its shard of the batch and `batch(k)` returns
+    the whole (gathered) batch on every process -- a collective in a multi-process run."""
 
     def __init__(self, records: list, batch_size: int, *, seed: int = 0, shuffle: bool = True):
         if not records:
@@ -40,16 +43,9 @@ class PromptStream:
         ds = grain.MapDataset.range(len(records))
         if shuffle:
             ds = ds.shuffle(seed=seed)
-        ds = ds.repeat(None)[index::self.count].batch(batch_size // self.count)
-        self._iter = iter(ds.to_iter_dataset())
+        self._batches = ds.repeat(None)[index::self.count].batch(batch_size // self.count)
 
-    def next(self) -> list:
-        local = np.asarray(next(self._iter), np.int64)
+    def batch(self, k: int) -> list:
+        local = np.asarray(self._batches[k], np.int64)
         order = global_order(hostio.gather_host(local)) if self.count > 1 else local
         return [self.records[int(i)] for i in order]
-
-    def get_state(self) -> dict:
-        return self._iter.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self._iter.set_state(state)

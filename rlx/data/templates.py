@@ -32,3 +32,27 @@ def render_prompt(question: str, template: str, *, instruction: str = "") -> str
     if template == "boxed":
         return f"{question}\n{BOXED_INSTRUCTION}"
     raise ValueError(f"unknown prompt template {template!r}; valid templates: {list(TEMPLATES)}")
+
+
+# Templates that already render a chat format; `tokenizer.chat_style` would wrap them twice.
+CHAT_TEMPLATES = ("qwen25-math-cot", "llama3-chat")
+
+
+def build_prompt(question: str, template: str, chat_style: str = "") -> str:
+    """`data.template` applied to the question, then wrapped as a user turn in `chat_style`."""
+    from rlx.models.chat import STYLES, apply_chat_template
+    from rlx.typed_tree import ConfigError
+
+    if template not in TEMPLATES:
+        raise ConfigError(f"data.template='{template}' is not a prompt template; choose one of "
+                          f"{', '.join(TEMPLATES)}")
+    text = render_prompt(question, template)
+    if not chat_style:
+        return text
+    if chat_style not in STYLES:
+        raise ConfigError(f"tokenizer.chat_style='{chat_style}' is not a chat style; choose one of "
+                          f"{', '.join(sorted(STYLES))} or leave it empty")
+    if template in CHAT_TEMPLATES:
+        raise ConfigError(f"data.template='{template}' already renders a chat prompt; leave "
+                          f"tokenizer.chat_style empty or use data.template=plain or boxed")
+    return apply_chat_template([{"role": "user", "content": text.strip()}], chat_style)

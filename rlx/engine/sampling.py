@@ -65,6 +65,12 @@ class SamplingConfig:
             use_min_p=not greedy and self.min_p > 0.0,
         )
 
+    @property
+    def truncates(self) -> bool:
+        """Whether samples come from a truncated distribution (top-k, top-p or min-p)."""
+        m = self.mode
+        return bool(m.top_k or m.use_top_p or m.use_min_p)
+
     def values(self) -> SamplingValues:
         # A greedy config still carries a positive temperature so no path divides by 0.
         return SamplingValues(

@@ -63,6 +63,7 @@ def ppo_clip_loss(logp_BxL, old_logp_BxL, adv_BxL, *, eps_low=0.2, eps_high=0.2,
 
 
 _KL_ALIASES = {"k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
+KL_TYPES = tuple(_KL_ALIASES)
 
 
 def kl_penalty(logp_BxL, ref_logp_BxL, kind="k3"):

@@ -7,6 +7,10 @@ Built-in rewards by name (each in the runner signature `fn(prompts, responses, *
     boxed     1.0 when the response has a complete \\boxed{} answer (rlx.rewards.format)
     empo      label-free: the frequency of the response's answer in its group (rlx.rewards.empo);
               a group-level reward, it needs each row's group id as the `group` row field
+
+Your own reward is named by its import path, `rewards.fns=[{name: my_pkg.rewards:fn}]`: a
+module-level function of that signature (it runs in the worker pool, so it must be importable
+there: a module on PYTHONPATH, the working directory included, not a `__main__` script).
 """
 
 from __future__ import annotations
@@ -30,6 +34,26 @@ REWARD_FNS: dict[str, Callable] = {
 GROUP_REWARDS = frozenset({"empo"})
 
 
+def resolve_reward(name: str) -> Callable:
+    """A built-in reward by name, or `module:function` imported; errors name the fix."""
+    from rlx.typed_tree import ConfigError
+
+    if name in REWARD_FNS:
+        return REWARD_FNS[name]
+    if ":" in name:
+        from rlx.train.objectives import load_attribute
+
+        fn = load_attribute(name, "rewards.fns name")
+        if not callable(fn):
+            raise ConfigError(f"rewards.fns name {name} is not a function")
+        if getattr(fn, "__name__", "") == "<lambda>" or "<locals>" in getattr(fn, "__qualname__", ""):
+            raise ConfigError(f"rewards.fns name {name}: a lambda or nested function cannot reach the reward "
+                              "workers; define it at module level")
+        return fn
+    raise ConfigError(f"rewards.fns: unknown reward '{name}'; valid names: {', '.join(sorted(REWARD_FNS))}, "
+                      "or your own as module:function")
+
+
 def get_reward_fn(name: str, **options) -> Callable:
     """A built-in reward by name, with keyword options bound (a picklable partial)."""
     if name not in REWARD_FNS:
@@ -37,4 +61,5 @@ def get_reward_fn(name: str, **options) -> Callable:
     return functools.partial(REWARD_FNS[name], **options) if options else REWARD_FNS[name]
 
 
-__all__ = ["GROUP_REWARDS", "REWARD_FNS", "RewardFn", "RewardResult", "RewardRunner", "get_reward_fn"]
+__all__ = ["GROUP_REWARDS", "REWARD_FNS", "RewardFn", "RewardResult", "RewardRunner", "get_reward_fn",
+           "resolve_reward"]

@@ -11,30 +11,30 @@ from rlx import hostio
 from rlx.build import build_mesh, build_model
 from rlx.checkpoint import Checkpointer
 from rlx.config import Config, ConfigError, dump_yaml, to_dict
-from rlx.engine import rollout
+from rlx.generate import generate
 from rlx.metrics import MetricsWriter, Progress, is_chief, prepare_run_dir, write_json
 from rlx.train import report
-from rlx.train.prime import trainer_class
 from rlx.train.sft import examples_from_task, train_sft
 from rlx.train.task import Task, build_task, cache_dir
 from rlx.train.trainer import RLTrainer
 
 
 def heldout_accuracy(trainer: RLTrainer, records: list[dict], *, temperature: float, seed: int = 0) -> float:
-    """Fraction of held-out problems answered correctly, greedy (temperature 0) or sampled."""
+    """Fraction of held-out problems answered correctly, greedy (temperature 0) or sampled with
+    the rollout's filters; through the same prompts, engine, decoding and verifier as training."""
     if not records:
         return float("nan")
-    prompts = trainer.task.encode_prompts(records, trainer.cfg.data.template)
-    e = trainer.cfg.engine
-    ro = rollout(None, prompts, n=1, max_new_tokens=trainer.max_new_tokens, temperature=temperature,
-                 top_p=e.top_p if temperature else 1.0, top_k=e.top_k if temperature else 0, seed=seed,
-                 stop=e.stop, tokenizer=trainer.tokenizer, engine=trainer.engine)
-    texts = [trainer.tokenizer.decode(r[m.astype(bool)].tolist()) for r, m in zip(ro.response_ids, ro.response_mask)]
-    _, correct, _, _ = trainer.rewards([records[g] for g in ro.group_ids], texts)
+    sampling = trainer.sampling(temperature)
+    if temperature == 0:
+        sampling = type(sampling)(temperature=0.0)
+    gen = generate(trainer.engine, trainer.tokenizer, trainer.task.prompter.records(records), n=1,
+                   max_new_tokens=trainer.max_new_tokens(), sampling=sampling, seed=seed, stop=trainer.stop)
+    _, correct, _, _ = trainer.rewards([records[g] for g in gen.rollouts.group_ids], gen.texts)
     return float(np.mean(correct))
 
 
 def evaluate(trainer: RLTrainer, task: Task, seed: int) -> dict:
+    """Held-out accuracy, greedy and sampled (at the configured rollout temperature, 1 if greedy)."""
     return {"greedy": heldout_accuracy(trainer, task.heldout, temperature=0.0),
             "sampled": heldout_accuracy(trainer, task.heldout, temperature=trainer.cfg.engine.temperature or 1.0,
                                         seed=seed)}
@@ -47,7 +47,7 @@ def warm_start(cfg: Config, model, task: Task, mesh=None, progress_desc: str = "
     cache = cache_dir(cfg, "sft", to_dict(cfg.model), to_dict(cfg.sft), to_dict(cfg.data), cfg.run.seed)
     if (cache / "config.json").exists():
         return models.from_hf(cache, dtype=cfg.model.dtype, mesh=mesh), json.loads((cache / "sft.json").read_text())
-    examples = examples_from_task(task, cfg.data.template)
+    examples = examples_from_task(task)
     progress = Progress(cfg.sft.steps, progress_desc)
     t0 = time.perf_counter()
     model, losses = train_sft(model, examples, steps=cfg.sft.steps, batch_size=cfg.sft.batch_size,
@@ -81,7 +81,7 @@ def run(cfg: Config) -> dict:
     sft_info = {}
     if cfg.sft.steps and task.demos:
         model, sft_info = warm_start(cfg, model, task, mesh)
-    trainer = trainer_class(cfg)(cfg, model, task, checkpointer=checkpointer)
+    trainer = RLTrainer(cfg, model, task, checkpointer=checkpointer)
     before_path = run_dir / "eval_before.json"
     resumed = cfg.run.resume and trainer.restore()
     if resumed and before_path.exists():
@@ -89,15 +89,15 @@ def run(cfg: Config) -> dict:
     else:
         before = evaluate(trainer, task, cfg.run.seed)
         write_json(before_path, before)
-    progress = Progress(cfg.trainer.steps, f"{cfg.algo.advantage.upper()} ", initial=trainer.step_count)
+    progress = Progress(cfg.trainer.steps, f"{cfg.algo.advantage.upper()} ", initial=trainer.state.step)
     if resumed:
-        progress.write(f"resumed from step {trainer.step_count} in {checkpointer.directory}")
+        progress.write(f"resumed from step {trainer.state.step} in {checkpointer.directory}")
     writer = MetricsWriter(run_dir)
     history = report.load_history(run_dir) if resumed else []
     try:
-        while trainer.step_count < cfg.trainer.steps:
+        while trainer.state.step < cfg.trainer.steps:
             metrics = trainer.step()
-            step = trainer.step_count
+            step = trainer.state.step
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0:
                 metrics["eval/heldout_greedy"] = heldout_accuracy(trainer, task.heldout, temperature=0.0)
             writer.write(step, metrics)
@@ -121,7 +121,7 @@ def run(cfg: Config) -> dict:
     summary = {
         "heldout_accuracy_before": before["greedy"], "heldout_accuracy_after": after["greedy"],
         "heldout_sampled_accuracy_before": before["sampled"], "heldout_sampled_accuracy_after": after["sampled"],
-        "heldout_size": len(task.heldout), "steps": trainer.step_count, "algo": cfg.algo.advantage,
+        "heldout_size": len(task.heldout), "steps": trainer.state.step, "algo": cfg.algo.advantage,
         "wall_seconds": time.perf_counter() - t_start, "final_model": str(final_dir), **sft_info,
         "reward_curve": [h.get("reward/mean") for h in history],
     }
@@ -138,7 +138,7 @@ def trainer_model(trainer: RLTrainer):
     multi-process run: every process calls it, then process 0 writes the export)."""
     from flax import nnx
 
-    return nnx.merge(trainer.graphdef, hostio.get(trainer.params))
+    return nnx.merge(trainer.graphdef, hostio.get(trainer.state.params))
 
 
 def on_host(model):

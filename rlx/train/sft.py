@@ -85,11 +85,12 @@ def train_sft(model: nnx.Module, examples: list[SFTExample], *, steps: int, batc
     return nnx.merge(graphdef, params), [float(x) for x in np.asarray(jnp.stack(losses))]
 
 
-def examples_from_task(task, template: str) -> list[SFTExample]:
-    """(prompt, response + EOS) token pairs from a task's demonstrations."""
+def examples_from_task(task) -> list[SFTExample]:
+    """(prompt, response + EOS) token pairs from a task's demonstrations, the prompts built as
+    training and evaluation build them."""
     eos = task.tokenizer.eos_id
-    return [SFTExample(tuple(task.tokenizer.encode(task.prompt_text(r, template))),
-                       tuple(task.tokenizer.encode(text)) + (eos,)) for r, text in task.demos]
+    prompts = task.prompter.records([r for r, _ in task.demos])
+    return [SFTExample(tuple(p), tuple(task.tokenizer.encode(text)) + (eos,)) for p, (_, text) in zip(prompts, task.demos)]
 
 
 def run(cfg) -> dict:
@@ -114,7 +115,7 @@ def run(cfg) -> dict:
     model = build_model(cfg.model, seed=cfg.run.seed, mesh=build_mesh(cfg.mesh), **overrides)
     progress = Progress(cfg.sft.steps, "SFT")
     t0 = time.perf_counter()
-    model, losses = train_sft(model, examples_from_task(task, cfg.data.template), steps=cfg.sft.steps,
+    model, losses = train_sft(model, examples_from_task(task), steps=cfg.sft.steps,
                               batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps,
                               seed=cfg.run.seed, progress=progress)
     progress.close()

@@ -29,28 +29,23 @@ def shape_scores(c: CampoSection, response_ids: np.ndarray, response_mask: np.nd
     return np.asarray(scores, np.float32), metrics
 
 
-class LengthSchedule:
-    """The maximum response length of each step: fixed stages at `boundaries`, or the next stage
-    once the mean response length saturates. Its state is part of the checkpoint."""
+def stage_lengths(c: CampoSection, default: int) -> tuple[int, ...]:
+    return tuple(c.max_lengths) or (default,)
 
-    def __init__(self, c: CampoSection, default: int):
-        self.c = c
-        self.lengths = tuple(c.max_lengths) or (default,)
-        self.state = LengthStage()
 
-    def max_new_tokens(self, step: int) -> int:
-        if self.c.boundaries:
-            return max_length_at_step(step, max_lengths=self.lengths, boundaries=self.c.boundaries)
-        return int(self.lengths[self.state.stage])
+def length_at(c: CampoSection, default: int, stage: LengthStage, step: int) -> int:
+    """The maximum response length of `step`: fixed stages at `boundaries`, or the current
+    saturation stage (ALGORITHMS.md section 7)."""
+    lengths = stage_lengths(c, default)
+    if c.boundaries:
+        return max_length_at_step(step, max_lengths=lengths, boundaries=c.boundaries)
+    return int(lengths[stage.stage])
 
-    def observe(self, mean_length: float) -> None:
-        """Feed one step's mean response length (saturation mode only)."""
-        if len(self.lengths) > 1 and not self.c.boundaries:
-            self.state = advance_length_stage(self.state, mean_length, num_stages=len(self.lengths),
-                                              patience=self.c.patience, min_growth=self.c.min_growth)
 
-    def get_state(self) -> list:
-        return list(self.state)
-
-    def set_state(self, state: list | None) -> None:
-        self.state = LengthStage(*state) if state else LengthStage()
+def observe_length(c: CampoSection, default: int, stage: LengthStage, mean_length: float) -> LengthStage:
+    """The stage after a step whose mean response length was `mean_length` (saturation mode)."""
+    lengths = stage_lengths(c, default)
+    if len(lengths) > 1 and not c.boundaries:
+        return advance_length_stage(stage, mean_length, num_stages=len(lengths), patience=c.patience,
+                                    min_growth=c.min_growth)
+    return stage

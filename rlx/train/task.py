@@ -14,6 +14,7 @@ from pathlib import Path
 from rlx.config import Config, ConfigError
 from rlx.data import synthetic
 from rlx.data.templates import render_prompt
+from rlx.generate import Prompter
 
 ARITH_VOCAB = 320
 
@@ -25,13 +26,8 @@ class Task:
     heldout: list[dict]
     # SFT demonstrations: (record, response text) pairs; empty when the task has none.
     demos: list[tuple[dict, str]] = field(default_factory=list)
-    stop: tuple[str, ...] = ()
-
-    def prompt_text(self, record: dict, template: str) -> str:
-        return render_prompt(record["question"], template)
-
-    def encode_prompts(self, records: list[dict], template: str) -> list[list[int]]:
-        return [self.tokenizer.encode(self.prompt_text(r, template)) for r in records]
+    # How a record becomes prompt tokens, for training, SFT and evaluation alike.
+    prompter: Prompter | None = None
 
 
 def cache_key(*parts: object) -> str:
@@ -87,9 +83,37 @@ def file_task(cfg: Config, tokenizer) -> Task:
 
 def build_task(cfg: Config, tokenizer=None) -> Task:
     if cfg.data.task == "arith":
-        return arith_task(cfg)
-    if tokenizer is None:
-        from rlx.build import build_tokenizer
+        task = arith_task(cfg)
+    else:
+        if tokenizer is None:
+            from rlx.build import build_tokenizer
 
-        tokenizer = build_tokenizer(cfg.tokenizer, cfg.model)
-    return file_task(cfg, tokenizer)
+            tokenizer = build_tokenizer(cfg.tokenizer, cfg.model)
+        task = file_task(cfg, tokenizer)
+    task.prompter = Prompter(task.tokenizer, cfg.data.template, cfg.tokenizer.chat_style)
+    return drop_long_prompts(task, max_prompt_len(cfg))
+
+
+def max_prompt_len(cfg: Config) -> int:
+    return cfg.data.max_prompt_len or cfg.engine.max_prefill_length
+
+
+def drop_long_prompts(task: Task, limit: int) -> Task:
+    """Records whose prompt encodes to more than `limit` tokens leave the task at load (counted),
+    rather than crashing the step that draws them -- and again on every resume."""
+
+    def keep(records):
+        return [r for r in records if len(task.prompter.encode(task.prompter.text(r["question"]))) <= limit]
+
+    train, heldout = keep(task.train), keep(task.heldout)
+    dropped = len(task.train) - len(train) + len(task.heldout) - len(heldout)
+    if dropped:
+        print(f"rlx data: dropped {dropped} of {len(task.train) + len(task.heldout)} prompts longer than "
+              f"{limit} tokens (data.max_prompt_len, default engine.max_prefill_length)")
+        if not train:
+            raise ConfigError(f"every training prompt is longer than {limit} tokens; raise data.max_prompt_len "
+                              "and engine.max_prefill_length")
+        keep_ids = {id(r) for r in train}
+        task.demos = [(r, text) for r, text in task.demos if id(r) in keep_ids]
+    task.train, task.heldout = train, heldout
+    return task

@@ -1,336 +1,315 @@
-"""The RL trainer: rollout -> rewards -> reference log-probs -> advantages -> filtering ->
-updates -> weight sync, one `step()` at a time, checkpointable between steps.
+"""The RL trainer: one class for every objective, a step that reads top to bottom
 
-Every random choice in a step derives from (RL seed, step), so a run restored from a
-checkpoint continues exactly as the uninterrupted run would have.
+    collect (rollouts, rewards, shaping, prompt filters) -> score (old / reference log-probs,
+    entropy, the PRM role) -> advantages (the objective's function) -> update -> controllers
+
+over one `RLState` (rlx.train.state), checkpointed whole. An objective (rlx.train.objectives)
+is data: the trainer never branches on its name. Every random choice in a step derives from
+(RL seed, step, salt), so a run restored from a checkpoint continues exactly as the
+uninterrupted run would have.
+
+Log-probs: the PPO ratio, the KL and the entropy are taken under the full tempered
+distribution softmax(z / T) at the rollout temperature -- the policy being trained. With top-k,
+top-p or min-p the sampler's own log-probs are those of a truncated distribution, so the old
+log-probs are then always recomputed by a scoring pass (as verl does); without truncation the
+sampler's are the same quantity and are used unless `algo.recompute_old_logprobs`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from rlx import hostio
 from rlx.checkpoint import Checkpointer
-from rlx.config import Config, ConfigError
+from rlx.config import Config
 from rlx.data.pipeline import PromptStream
-from rlx.engine import Engine, EngineConfig, SamplingConfig, rollout
-from rlx.kernels import ADVANTAGE_FNS
+from rlx.engine import Engine, EngineConfig, SamplingConfig
+from rlx.generate import generate, stop_rules
 from rlx.kernels.empo import entropy_from_rewards
 from rlx.kernels.policy_loss import adaptive_kl_update, kl_penalty
 from rlx.kernels.temperature import temperature_step
 from rlx.train import batch as layout
 from rlx.train import placement
+from rlx.train.batch import StepBatch, assemble
+from rlx.train.objectives import AdvantageInputs, get_objective
 from rlx.train.optim import adamw, init_state
+from rlx.train.prm import build_prm
 from rlx.train.rewards import RewardScorer
-from rlx.train.shaping import LengthSchedule, shape_scores
+from rlx.train.shaping import length_at, observe_length, shape_scores
+from rlx.train.state import RLState
 from rlx.train.update import LossSpec, score, score_with_entropy, train_step
 
-OUTCOME_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline",
-                      "w_reinforce", "psr", "nsr", "empo")
+
+def sampling_config(cfg: Config, temperature: float | None = None) -> SamplingConfig:
+    """The rollout's sampling distribution; the temperature comes from the run state."""
+    e = cfg.engine
+    return SamplingConfig(temperature=e.temperature if temperature is None else temperature,
+                          top_k=e.top_k, top_p=e.top_p, min_p=e.min_p)
 
 
-@dataclass
-class StepBatch:
-    """One step's rollouts, kept groups only, as fixed-shape host arrays."""
-
-    records: list[dict]
-    prompt_ids: np.ndarray
-    prompt_mask: np.ndarray
-    response_ids: np.ndarray
-    response_mask: np.ndarray
-    logprobs: np.ndarray
-    group_ids: np.ndarray
-    scores: np.ndarray
-    correct: np.ndarray
-    truncated: np.ndarray
-    # EMPO's semantic entropy H_g of each row's group (None when the empo reward is not used).
-    entropy: np.ndarray | None = None
-
-
-def loss_spec(cfg: Config, micro_batches: int, max_len: int | None = None) -> LossSpec:
+def loss_spec(cfg: Config, micro_batches: int, max_len: int) -> LossSpec:
     a = cfg.algo
-    return LossSpec(temperature=max(cfg.engine.temperature, 1e-6), eps_low=a.clip_low,
-                    eps_high=a.clip_high, dual_clip=a.dual_clip or None, agg=a.loss_agg,
-                    max_len=max_len or cfg.engine.max_new_tokens, kl_type=a.kl_type,
-                    use_kl=a.kl_coef > 0 and not a.kl_in_reward, entropy_coef=a.entropy_coef,
-                    micro_batches=micro_batches)
+    return LossSpec(eps_low=a.clip_low, eps_high=a.clip_high, dual_clip=a.dual_clip or None, agg=a.loss_agg,
+                    max_len=max_len, kl_type=a.kl_type, use_kl=a.kl_coef > 0 and not a.kl_in_reward,
+                    entropy_coef=a.entropy_coef, micro_batches=micro_batches)
+
+
+def micro_batches(cfg: Config) -> int:
+    mini = cfg.trainer.prompts_per_step * cfg.algo.n // cfg.trainer.mini_batches
+    return mini // (cfg.trainer.micro_batch_size or mini)
 
 
 class RLTrainer:
-    estimators = OUTCOME_ESTIMATORS  # what this class's `_advantages` handles (subclasses add)
+    """Builds the roles once; `step()` advances `self.state` by one RL step."""
 
     def __init__(self, cfg: Config, model: nnx.Module, task, *, checkpointer: Checkpointer | None = None):
-        if cfg.algo.advantage not in self.estimators:
-            raise ConfigError(f"algo.advantage='{cfg.algo.advantage}' is not available in the RL loop; "
-                              f"choose one of {', '.join(self.estimators)}")
-        self.cfg, self.task = cfg, task
-        self.tokenizer = task.tokenizer
+        self.cfg, self.task, self.tokenizer = cfg, task, task.tokenizer
+        self.objective = get_objective(cfg.algo.advantage)
         self.graphdef, params = nnx.split(model)
         self.meshes = placement.role_meshes(cfg.mesh, params)
-        # The engine keeps its own reference to the arrays it is given; the update donates
-        # its inputs, so the trainer owns a separate copy.
-        self.params = placement.copy_to(params, self.meshes.actor)
-        needs_ref = cfg.algo.kl_coef > 0
-        self.ref_params = placement.copy_to(params, self.meshes.reference) if needs_ref else None
-        self.optimizer = adamw(cfg.optim.lr, cfg.trainer.steps * cfg.trainer.mini_batches * cfg.trainer.epochs,
-                               warmup_steps=cfg.optim.warmup_steps, schedule=cfg.optim.schedule,
-                               min_lr_ratio=cfg.optim.min_lr_ratio, weight_decay=cfg.optim.weight_decay,
-                               b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps,
-                               grad_clip=cfg.optim.grad_clip)
-        self.opt_state = init_state(self.optimizer, self.params)
-        self.kl_coef = float(cfg.algo.kl_coef)
-        self.step_count = 0
-        batch = cfg.trainer.prompts_per_step * cfg.algo.n
-        mini = batch // cfg.trainer.mini_batches
-        micro = cfg.trainer.micro_batch_size or mini
-        self.micro_batches = mini // micro
-        self.spec = loss_spec(cfg, self.micro_batches)
+        # The engine keeps its own reference to the arrays it is given; the update donates its
+        # inputs, so the state owns a separate copy.
+        actor = placement.copy_to(params, self.meshes.actor)
+        self.ref_params = placement.copy_to(params, self.meshes.reference) if cfg.algo.kl_coef > 0 else None
+        o, t = cfg.optim, cfg.trainer
+        self.optimizer = adamw(o.lr, t.steps * t.mini_batches * t.epochs, warmup_steps=o.warmup_steps,
+                               schedule=o.schedule, min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay,
+                               b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip)
+        self.micro_batches = micro_batches(cfg)
         e = cfg.engine
-        self.temperature = float(e.temperature)  # moved by engine.temperature_control
-        self.lengths = LengthSchedule(cfg.campo, e.max_new_tokens)
-        self.max_new_tokens = self.lengths.max_new_tokens(0)
-        self.sampling = SamplingConfig(temperature=e.temperature, top_k=e.top_k, top_p=e.top_p, min_p=e.min_p)
         self.engine = Engine(model, EngineConfig(
             max_concurrent_decodes=e.max_concurrent_decodes, max_prefill_length=e.max_prefill_length,
-            max_cache_len=e.max_cache_len, steps_per_sync=e.steps_per_sync, sampling=self.sampling,
-            eos_ids=tuple(self.tokenizer.eos_ids)), mesh=self.meshes.engine)
-        self.engine.update_params(self.params)
-        self.seed = cfg.trainer.seed if cfg.trainer.seed >= 0 else cfg.run.seed
-        self.stream = PromptStream(task.train, cfg.trainer.prompts_per_step, seed=self.seed,
-                                   shuffle=cfg.data.shuffle)
+            max_cache_len=e.max_cache_len, steps_per_sync=e.steps_per_sync, eos_ids=tuple(self.tokenizer.eos_ids)),
+            mesh=self.meshes.engine)
+        self.stop = stop_rules(e.stop, cfg.tokenizer.chat_style, cfg.data.template)
+        kind = self.objective.prm(cfg)
+        self.prm = None
+        if kind:
+            shared = self.ref_params is not None and self.meshes.reference is self.meshes.prm
+            self.prm = build_prm(kind, cfg, graphdef=self.graphdef, start_params=params, mesh=self.meshes.prm,
+                                 micro_batches=self.micro_batches, vocab_size=self.tokenizer.vocab_size,
+                                 reference=self.ref_params if shared else None)
+        self.seed = t.seed if t.seed >= 0 else cfg.run.seed
+        self.stream = PromptStream(task.train, t.prompts_per_step, seed=self.seed, shuffle=cfg.data.shuffle)
         self.rewards = RewardScorer(cfg.rewards)
         self.checkpointer = checkpointer
+        self.state = RLState(params=actor, opt_state=init_state(self.optimizer, actor),
+                             prm=self.prm.init_state() if self.prm else {}, kl_coef=float(cfg.algo.kl_coef),
+                             temperature=float(e.temperature))
+        self.engine.update_params(self.state.params)
 
-    # -- one step ---------------------------------------------------------------------------
+    # -- the step -----------------------------------------------------------------------------
 
-    def _sample(self, records: list[dict], seed: int):
-        prompts = self.task.encode_prompts(records, self.cfg.data.template)
-        ro = rollout(None, prompts, n=self.cfg.algo.n, max_new_tokens=self.max_new_tokens,
-                     temperature=self.temperature, top_p=self.sampling.top_p,
-                     top_k=self.sampling.top_k, min_p=self.sampling.min_p, seed=seed,
-                     stop=self.cfg.engine.stop, tokenizer=self.tokenizer, engine=self.engine)
-        texts = [self.tokenizer.decode(r[m.astype(bool)].tolist())
-                 for r, m in zip(ro.response_ids, ro.response_mask)]
-        rows = [records[g] for g in ro.group_ids]
-        scores, correct, reward_metrics, per_fn = self.rewards(rows, texts, group_ids=ro.group_ids)
-        entropy = np.asarray(entropy_from_rewards(per_fn["empo"], ro.group_ids)) if "empo" in per_fn else None
-        scores, correct, entropy = hostio.same_on_all((scores, correct, entropy))
-        if entropy is not None:
-            reward_metrics = {**reward_metrics, "empo/semantic_entropy": float(entropy.mean())}
-        truncated = np.asarray(ro.finish_reason) == "length"
-        scores, shaping_metrics = shape_scores(self.cfg.campo, ro.response_ids, ro.response_mask,
-                                               truncated, scores)
-        reward_metrics = {**reward_metrics, **shaping_metrics}
-        if self.cfg.algo.mask_truncated:
-            ro_mask = ro.response_mask * (~truncated)[:, None]
-        else:
-            ro_mask = ro.response_mask
-        return StepBatch(records, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro_mask.astype(np.int32),
-                         ro.logprobs, ro.group_ids, scores, correct, truncated, entropy), reward_metrics
+    def max_new_tokens(self, state: RLState | None = None) -> int:
+        s = state or self.state
+        return length_at(self.cfg.campo, self.cfg.engine.max_new_tokens, s.length_stage, s.step)
 
-    def _collect(self, step: int) -> tuple[StepBatch, dict]:
-        """Rollouts for one step; with dynamic sampling, drop groups whose rewards are all
-        equal and draw more prompts (up to `max_oversample_rounds`) to refill the batch."""
-        want = self.cfg.trainer.prompts_per_step
-        n = self.cfg.algo.n
-        parts, metrics, seen, kept = [], {}, 0, 0
-        for r in range(self._sampling_rounds()):
-            sb, metrics_r = self._sample(self.stream.next(), seed=_seed(self.seed, step, r))
-            metrics = metrics or metrics_r
+    def step(self) -> dict:
+        cfg, s, t = self.cfg, self.state, {}
+        max_len = self.max_new_tokens(s)
+        t0 = time.perf_counter()
+        batch, metrics, draws = self.collect(s, max_len)
+        t["rollout+reward"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        mask = batch.response_mask
+        device, old_logp, ref_logp, entropy = self.score(s, batch)
+        prm_state, prm_out, prm_metrics = s.prm, {}, {}
+        if self.prm is not None:
+            prm_state, prm_out, prm_metrics = self.prm.step(s.prm, batch, mask, old_logp)
+        t["scoring"] = time.perf_counter() - t0
+
+        adv, adv_metrics = self.objective.advantages(AdvantageInputs(
+            cfg=cfg, batch=batch, mask_BxL=mask, old_logp_BxL=old_logp, ref_logp_BxL=ref_logp,
+            kl_coef=s.kl_coef, prm=prm_out, tokenizer=self.tokenizer))
+
+        t0 = time.perf_counter()
+        params, opt_state, update_metrics = self.update(s, device, old_logp, ref_logp, adv, max_len)
+        t["update"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.engine.update_params(params)
+        t["sync"] = time.perf_counter() - t0
+
+        real = batch.group_ids >= 0
+        lengths = batch.response_mask.sum(1)
+        metrics.update({
+            "reward/mean": float(batch.scores[real].mean()), "reward/accuracy": float(batch.correct[real].mean()),
+            "response/length_mean": float(lengths[real].mean()),
+            "response/truncated_fraction": float(batch.truncated[real].mean()),
+            "actor/kl_coef": s.kl_coef, **update_metrics, **prm_metrics, **adv_metrics,
+            "rollout/entropy": entropy, "rollout/temperature": s.temperature,
+            "rollout/max_new_tokens": float(max_len),
+            **{f"time/{k}": v for k, v in t.items()},
+            "perf/tokens_per_s": float(lengths.sum()) / max(t["rollout+reward"], 1e-9),
+        })
+        kl_coef = s.kl_coef
+        if ref_logp is not None:
+            kl = (kl_penalty(old_logp, ref_logp, cfg.algo.kl_type) * mask).sum() / max(mask.sum(), 1)
+            metrics["actor/kl_to_ref"] = float(kl)
+            if cfg.algo.kl_target > 0:
+                kl_coef = float(adaptive_kl_update(kl_coef, float(kl), len(real), target=cfg.algo.kl_target,
+                                                   horizon=cfg.algo.kl_horizon))
+        self.state = RLState(
+            params=params, opt_state=opt_state, prm=prm_state, step=s.step + 1, kl_coef=kl_coef,
+            temperature=self._next_temperature(s.temperature, entropy),
+            length_stage=observe_length(cfg.campo, cfg.engine.max_new_tokens, s.length_stage,
+                                        metrics["response/length_mean"]),
+            draws=draws)
+        return metrics
+
+    # -- collect --------------------------------------------------------------------------------
+
+    def collect(self, state: RLState, max_len: int) -> tuple[StepBatch, dict, int]:
+        """Rollouts for one step. With prompt filters (dynamic sampling, an EMPO entropy band,
+        the objective's own), dropped groups are refilled by drawing more prompts, up to the
+        filters' rounds; short of that, padding groups carry no loss. Returns the batch, its
+        metrics and the prompt batches drawn so far."""
+        want, n = self.cfg.trainer.prompts_per_step, self.cfg.algo.n
+        sampling = sampling_config(self.cfg, state.temperature)
+        parts, metrics, seen, kept, draws = [], {}, 0, 0, state.draws
+        for r in range(self.rounds()):
+            records = self.stream.batch(draws)
+            draws += 1
+            batch, round_metrics = self.sample(records, sampling, max_len, seed=_seed(self.seed, state.step, r))
+            metrics = metrics or round_metrics
             seen += want
-            keep = self._keep_groups(sb)
+            keep = self.keep_groups(batch)
             kept += int(keep.sum())
-            parts.append((sb, keep))
+            parts.append((batch, keep))
             if kept >= want:
                 break
         metrics["filter/kept_fraction"] = kept / max(seen, 1)
         metrics["rollout/sequences"] = float(seen * n)
-        return _assemble(parts, want, n), metrics
+        return assemble(parts, want, n), metrics, draws
 
-    def _sampling_rounds(self) -> int:
-        """Most rounds of prompts `_collect` draws to fill a step (a hook for subclasses)."""
-        refill = self.cfg.algo.dynamic_sampling or bool(self.cfg.rewards.empo.entropy_band)
-        return 1 + (self.cfg.algo.max_oversample_rounds if refill else 0)
+    def sample(self, records: list[dict], sampling: SamplingConfig, max_len: int, seed: int):
+        """One round: rollouts, rewards, score shaping -> (StepBatch, metrics)."""
+        gen = generate(self.engine, self.tokenizer, self.task.prompter.records(records), n=self.cfg.algo.n,
+                       max_new_tokens=max_len, sampling=sampling, seed=seed, stop=self.stop)
+        ro = gen.rollouts
+        rows = [records[g] for g in ro.group_ids]
+        scores, correct, metrics, per_fn = self.rewards(rows, gen.texts, group_ids=ro.group_ids)
+        scores, correct, per_fn = hostio.same_on_all((scores, correct, per_fn))
+        if "empo" in per_fn:
+            metrics["empo/semantic_entropy"] = float(np.mean(entropy_from_rewards(per_fn["empo"], ro.group_ids)))
+        truncated = np.asarray(ro.finish_reason) == "length"
+        scores, shaping_metrics = shape_scores(self.cfg.campo, ro.response_ids, ro.response_mask, truncated, scores)
+        mask = ro.response_mask * (~truncated)[:, None] if self.cfg.algo.mask_truncated else ro.response_mask
+        batch = StepBatch(records, ro.prompt_ids, ro.prompt_mask, ro.response_ids, mask.astype(np.int32),
+                          ro.logprobs, ro.group_ids, scores, correct, truncated, per_fn)
+        return batch, {**metrics, **shaping_metrics}
 
-    def _keep_groups(self, sb: StepBatch) -> np.ndarray:
-        """Which of a round's groups may enter the batch, one bool per prompt (a hook for
-        subclasses): with dynamic sampling, those whose rewards (or correctness) are not all
-        equal; with an EMPO entropy band, those whose semantic entropy lies inside it."""
-        want, n = self.cfg.trainer.prompts_per_step, self.cfg.algo.n
-        keep = np.ones(want, bool)
-        if self.cfg.algo.dynamic_sampling:
-            s = (sb.correct if self.cfg.algo.dynamic_sampling_metric == "correct" else sb.scores).reshape(want, n)
+    def rounds(self) -> int:
+        c = self.cfg
+        refill = c.algo.dynamic_sampling or bool(c.rewards.empo.entropy_band)
+        return max(1 + (c.algo.max_oversample_rounds if refill else 0), self.objective.rounds(c))
+
+    def keep_groups(self, batch: StepBatch) -> np.ndarray:
+        """Which of a round's groups may enter the batch, one bool per prompt: with dynamic
+        sampling those whose rewards (or correctness) are not all equal; with an EMPO entropy
+        band those whose semantic entropy lies inside it; and the objective's own filter."""
+        cfg, n = self.cfg, self.cfg.algo.n
+        if self.objective.needs_labels and np.isnan(batch.correct).any():
+            raise ValueError(f"algo.advantage={cfg.algo.advantage} needs the verifier's accuracy, but some prompts "
+                             "have no gold answer; set data.answer_field to the answer column")
+        keep = np.ones(len(batch.records), bool)
+        if cfg.algo.dynamic_sampling:
+            s = (batch.correct if cfg.algo.dynamic_sampling_metric == "correct" else batch.scores).reshape(-1, n)
             keep &= ~np.all(s == s[:, :1], axis=1)
-        band = self.cfg.rewards.empo.entropy_band
+        band = cfg.rewards.empo.entropy_band
         if band:
-            h = sb.entropy.reshape(want, n)[:, 0]  # float32: the bounds hold to 1e-6
-            keep &= (h >= band[0] - 1e-6) & (h <= band[1] + 1e-6)
+            h = np.asarray(entropy_from_rewards(batch.per_fn["empo"], batch.group_ids)).reshape(-1, n)[:, 0]
+            keep &= (h >= band[0] - 1e-6) & (h <= band[1] + 1e-6)  # float32: the bounds hold to 1e-6
+        if self.objective.keep_groups is not None:
+            keep &= self.objective.keep_groups(cfg, batch)
         return keep
 
-    def step(self) -> dict:
-        cfg, t = self.cfg, {}
-        step = self.step_count
-        self._set_max_new_tokens(self.lengths.max_new_tokens(step))
-        temperature = self.temperature
-        t0 = time.perf_counter()
-        sb, metrics = self._collect(step)
-        t["rollout+reward"] = time.perf_counter() - t0
-        p_ids, p_mask = sb.prompt_ids, sb.prompt_mask
-        ids, mask, positions = layout.concat(p_ids, p_mask, sb.response_ids, sb.response_mask)
-        resp_mask = sb.response_mask
-        host = {"ids": ids, "mask": mask, "positions": positions, "response_mask": resp_mask}
-        device = hostio.put_rows(host, self.meshes.actor)
-        t0 = time.perf_counter()
-        # One scoring pass of the rollout policy gives the entropy that temperature control
-        # steers and, when asked, the old log-probs recomputed at training precision.
-        t_score = max(temperature, 1e-6)  # a greedy rollout is scored as a near-point mass
-        logp, entropy = score_with_entropy(self.graphdef, self.params, device, t_score)
-        entropy = float(hostio.get(entropy))
-        old_logp = hostio.get(logp) if cfg.algo.recompute_old_logprobs else sb.logprobs
-        ref_logp = np.zeros_like(old_logp)
+    # -- score ----------------------------------------------------------------------------------
+
+    def score(self, state: RLState, batch: StepBatch):
+        """The actor's scoring pass (entropy, and old log-probs when recomputed) and the KL
+        reference's: (device batch, old_logp BxR, ref_logp BxR or None, mean entropy)."""
+        ids, mask, positions = layout.concat(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                                             batch.response_mask)
+        host = {"ids": ids, "mask": mask, "positions": positions, "response_mask": batch.response_mask}
+        # A greedy rollout is scored as a near-point mass.
+        temperature = max(state.temperature, 1e-6)
+        with jax.set_mesh(self.meshes.actor):
+            device = hostio.put_rows(host, self.meshes.actor)
+            logp, entropy = score_with_entropy(self.graphdef, state.params, device, temperature)
+        recompute = self.cfg.algo.recompute_old_logprobs or sampling_config(self.cfg, state.temperature).truncates
+        old_logp = np.asarray(hostio.get(logp) if recompute else batch.logprobs, np.float32)
+        ref_logp = None
         if self.ref_params is not None:
-            ref_logp = hostio.get(score(self.graphdef, self.ref_params, hostio.put_rows(host, self.meshes.reference),
-                                        t_score))
-        t["scoring"] = time.perf_counter() - t0
-        adv = self._advantages(sb, old_logp, ref_logp, resp_mask)
-        t0 = time.perf_counter()
-        device.update(hostio.put_rows({"old_logp": np.asarray(old_logp, np.float32), "adv": np.asarray(adv, np.float32),
-                                       "ref_logp": np.asarray(ref_logp, np.float32)}, self.meshes.actor))
-        update_metrics = self._update(device, step, t_score)
-        t["update"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.engine.update_params(self.params)
-        t["sync"] = time.perf_counter() - t0
-        self.step_count += 1
-        lengths = sb.response_mask.sum(1)
-        real = sb.group_ids >= 0
-        metrics.update({
-            "reward/mean": float(sb.scores[real].mean()), "reward/accuracy": float(sb.correct[real].mean()),
-            "response/length_mean": float(lengths[real].mean()),
-            "response/truncated_fraction": float(sb.truncated[real].mean()),
-            "actor/kl_coef": self.kl_coef, **update_metrics,
-            "rollout/entropy": entropy, "rollout/temperature": temperature,
-            "rollout/max_new_tokens": float(self.max_new_tokens),
-            **{f"time/{k}": v for k, v in t.items()},
-            "perf/tokens_per_s": float(lengths.sum()) / max(t["rollout+reward"], 1e-9),
-        })
-        if self.ref_params is not None:
-            kl = (kl_penalty(old_logp, ref_logp, cfg.algo.kl_type) * resp_mask).sum() / max(resp_mask.sum(), 1)
-            metrics["actor/kl_to_ref"] = float(kl)
-            if cfg.algo.kl_target > 0:
-                self.kl_coef = float(adaptive_kl_update(self.kl_coef, float(kl), len(real),
-                                                        target=cfg.algo.kl_target, horizon=cfg.algo.kl_horizon))
-        if cfg.engine.temperature_control:
-            e = cfg.engine
-            self.temperature = float(temperature_step(
-                temperature, entropy, target=e.target_entropy, rate=e.temperature_rate,
-                min_temperature=e.min_temperature, max_temperature=e.max_temperature))
-        self.lengths.observe(metrics["response/length_mean"])
-        return metrics
+            mesh = self.meshes.reference
+            with jax.set_mesh(mesh):
+                ref_logp = np.asarray(hostio.get(score(self.graphdef, self.ref_params, hostio.put_rows(host, mesh),
+                                                       temperature)), np.float32)
+        return device, old_logp, ref_logp, float(hostio.get(entropy))
 
-    def _set_max_new_tokens(self, length: int) -> None:
-        """Enter a response-length stage: the rollout's and the loss's maximum length."""
-        if length != self.max_new_tokens:
-            self.max_new_tokens = length
-            self.spec = loss_spec(self.cfg, self.micro_batches, max_len=length)
+    # -- update ---------------------------------------------------------------------------------
 
-    def _advantages(self, sb: StepBatch, old_logp, ref_logp, resp_mask) -> np.ndarray:
-        a = self.cfg.algo
-        kwargs = {"mask_BxL": jnp.asarray(resp_mask), "group_ids_B": jnp.asarray(sb.group_ids)}
-        hyper = {"w_reinforce": {"lam": a.w_reinforce_lambda}, "reinforce_pp": {"gamma": a.gamma}}
-        if a.kl_coef > 0 and a.kl_in_reward:
-            last = resp_mask * (np.cumsum(resp_mask[:, ::-1], 1)[:, ::-1] == 1)
-            kl = np.asarray(kl_penalty(old_logp, ref_logp, a.kl_type)) * resp_mask
-            kwargs["token_rewards_BxL"] = jnp.asarray(sb.scores[:, None] * last - self.kl_coef * kl)
-        else:
-            kwargs["scores_B"] = jnp.asarray(sb.scores, jnp.float32)
-        adv, _ = ADVANTAGE_FNS[a.advantage](**kwargs, **hyper.get(a.advantage, {}))
-        return np.asarray(adv) * resp_mask
-
-    def _update(self, device: dict, step: int, temperature: float) -> dict:
-        cfg = self.cfg
-        batch = device["ids"].shape[0]
-        mini = batch // cfg.trainer.mini_batches
-        rng = np.random.default_rng(_seed(self.seed, step, 99))
+    def update(self, state: RLState, device: dict, old_logp, ref_logp, adv, max_len: int):
+        """`trainer.epochs` passes of `trainer.mini_batches` optimizer steps: (params, opt_state, metrics)."""
+        cfg, mesh = self.cfg, self.meshes.actor
+        rows = device["ids"].shape[0]
+        zeros = np.zeros_like(old_logp)
+        device = {**device, **hostio.put_rows({"old_logp": old_logp, "adv": np.asarray(adv, np.float32),
+                                               "ref_logp": zeros if ref_logp is None else ref_logp}, mesh)}
+        spec = loss_spec(cfg, self.micro_batches, max_len)
+        mini = rows // cfg.trainer.mini_batches
+        rng = np.random.default_rng(_seed(self.seed, state.step, 99))
+        params, opt_state = state.params, state.opt_state
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(cfg.trainer.epochs):
-            order = rng.permutation(batch)
-            for i in range(cfg.trainer.mini_batches):
-                mb = hostio.take_rows(device, order[i * mini:(i + 1) * mini], self.meshes.actor)
-                self.params, self.opt_state, m = train_step(
-                    self.graphdef, self.optimizer, self.spec, self.params, self.opt_state, mb,
-                    jnp.float32(self.kl_coef), jnp.float32(temperature))
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
+        temperature = jnp.float32(max(state.temperature, 1e-6))
+        with jax.set_mesh(mesh):
+            for _ in range(cfg.trainer.epochs):
+                order = rng.permutation(rows)
+                for i in range(cfg.trainer.mini_batches):
+                    mb = hostio.take_rows(device, order[i * mini:(i + 1) * mini], mesh)
+                    params, opt_state, m = train_step(self.graphdef, self.optimizer, spec, params, opt_state, mb,
+                                                      jnp.float32(state.kl_coef), temperature)
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
         out = {k: float(v) / count for k, v in sums.items()}
         if not np.isfinite(out["actor/loss"]):
-            raise FloatingPointError(f"step {step}: the actor loss is not finite ({out['actor/loss']}); "
+            raise FloatingPointError(f"step {state.step}: the actor loss is not finite ({out['actor/loss']}); "
                                      f"lower optim.lr, set optim.grad_clip, or check the rewards")
-        return out
+        return params, opt_state, out
 
-    # -- checkpoints ------------------------------------------------------------------------
+    def _next_temperature(self, temperature: float, entropy: float) -> float:
+        e = self.cfg.engine
+        if not e.temperature_control:
+            return temperature
+        return float(temperature_step(temperature, entropy, target=e.target_entropy, rate=e.temperature_rate,
+                                      min_temperature=e.min_temperature, max_temperature=e.max_temperature))
 
-    def train_state(self) -> dict:
-        return {"params": self.params, "opt_state": self.opt_state}
-
-    def set_train_state(self, state: dict) -> None:
-        """Adopt a restored `train_state()` (subclasses with more roles extend both)."""
-        self.params, self.opt_state = state["params"], state["opt_state"]
+    # -- checkpoints ----------------------------------------------------------------------------
 
     def save(self, *, force: bool = False) -> None:
         if self.checkpointer is not None:
-            host = {"step": self.step_count, "data": self.stream.get_state(), "kl_coef": self.kl_coef,
-                    "temperature": self.temperature, "length_stage": self.lengths.get_state()}
-            self.checkpointer.save(self.step_count, self.train_state(), host, force=force)
+            self.checkpointer.save(self.state.step, self.state.arrays(), self.state.host(), force=force)
 
     def restore(self) -> bool:
         """Resume from the latest checkpoint if there is one; returns whether it did."""
         if self.checkpointer is None or self.checkpointer.latest_step() is None:
             return False
-        _, state, host = self.checkpointer.restore(self.train_state())
-        self.set_train_state(state)
-        self.step_count = int(host["step"])
-        self.kl_coef = float(host["kl_coef"])
-        self.temperature = float(host.get("temperature", self.temperature))
-        self.lengths.set_state(host.get("length_stage"))
-        self.stream.set_state(host["data"])
-        self.engine.update_params(self.params)
+        _, arrays, host = self.checkpointer.restore(self.state.arrays())
+        self.state = self.state.restored(arrays, host)
+        self.engine.update_params(self.state.params)
         return True
+
+    def sampling(self, temperature: float | None = None) -> SamplingConfig:
+        return sampling_config(self.cfg, self.state.temperature if temperature is None else temperature)
 
 
 def _seed(seed: int, step: int, salt: int) -> int:
     return int(np.random.SeedSequence([seed, step, salt]).generate_state(1)[0] & 0x7FFFFFFF)
 
-
-def _assemble(parts: list[tuple[StepBatch, np.ndarray]], want: int, n: int) -> StepBatch:
-    """The first `want` kept groups; short of that, padding groups (group id -1, no loss)."""
-    rows, records = [], []
-    for sb, keep in parts:
-        for g in np.flatnonzero(keep):
-            if len(records) < want:
-                rows.append((sb, np.arange(g * n, (g + 1) * n), len(records)))
-                records.append(sb.records[g])
-    sb0 = parts[0][0]
-    while len(records) < want:  # refill with dropped groups, masked out of the loss
-        g = len(records)
-        rows.append((sb0, np.arange(g * n, (g + 1) * n), -1))
-        records.append(sb0.records[g % len(sb0.records)])
-    fields = {}
-    names = ["prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "scores", "correct",
-             "truncated"] + (["entropy"] if parts[0][0].entropy is not None else [])
-    for name in names:
-        arrays = [getattr(sb, name)[idx] for sb, idx, _ in rows]
-        if name in ("prompt_ids", "prompt_mask"):
-            width = max(a.shape[1] for a in arrays)
-            arrays = [np.pad(a, ((0, 0), (width - a.shape[1], 0))) for a in arrays]
-        fields[name] = np.concatenate(arrays)
-    group_ids = np.concatenate([np.full(n, gid, np.int32) for _, _, gid in rows])
-    fields["response_mask"] = fields["response_mask"] * (group_ids >= 0)[:, None]
-    return StepBatch(records=records, group_ids=group_ids, **fields)

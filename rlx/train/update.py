@@ -22,13 +22,10 @@ from rlx.kernels.policy_loss import (entropy_from_logits, kl_penalty, ppo_clip_l
 
 @dataclass(frozen=True)
 class LossSpec:
-    """Static loss settings (hashable: part of the compiled program's identity).
+    """Static loss settings (hashable: part of the compiled program's identity). The rollout
+    temperature is not one of them: it is a traced argument of `train_step`, so moving it does
+    not recompile."""
 
-    `temperature` is the default when `train_step` is given none; a controller that moves the
-    rollout temperature passes it to `train_step` instead, which does not recompile.
-    """
-
-    temperature: float = 1.0
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: float | None = None
@@ -111,12 +108,11 @@ def _micro_loss(params, graphdef, spec: LossSpec, mb: dict, denom, kl_coef, temp
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
 def train_step(graphdef, optimizer: optax.GradientTransformation, spec: LossSpec, params,
-               opt_state, minibatch: dict, kl_coef, temperature=None):
+               opt_state, minibatch: dict, kl_coef, temperature):
     """One optimizer step on a mini-batch; returns (params, opt_state, metrics).
 
-    `temperature` (traced; None = spec.temperature) must be the rollout's sampling temperature.
+    `temperature` (traced) must be the rollout's sampling temperature.
     """
-    temperature = spec.temperature if temperature is None else temperature
     denom = global_denominator(spec.agg, minibatch["response_mask"], max_len=spec.max_len)
     tokens = jnp.maximum(minibatch["response_mask"].sum().astype(jnp.float32), 1.0)
     micro = jax.tree.map(lambda x: x.reshape(spec.micro_batches, -1, *x.shape[1:]), minibatch)
