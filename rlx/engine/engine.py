@@ -332,10 +332,11 @@ class Engine:
         with an abstract model (`models.abstract_model`) nothing is allocated."""
         sampler = sampler or self.config.sampling
         keys_P = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), num_prompts))
+        values = jax.eval_shape(sampler.values)  # no arrays: the mesh's devices may be compile-only
         with jax.set_mesh(self._mesh):
             return self._prefill_jit.lower(
                 self._params, jax.ShapeDtypeStruct((num_prompts, bucket), jnp.int32),
-                jax.ShapeDtypeStruct((num_prompts,), jnp.int32), keys_P, sampler.values(), None,
+                jax.ShapeDtypeStruct((num_prompts,), jnp.int32), keys_P, values, None,
                 num_samples=num_samples, mode=sampler.mode)
 
     def lower_generate(self, num_steps: int, attend_len: int,
