@@ -16,6 +16,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 import sys
 import time
 from typing import Callable
@@ -33,6 +34,7 @@ from rlx.plan import DEVICES, GIB, model_config, resolve_mesh, roles_of, topolog
 from rlx.train.optim import adamw
 
 TPU_EXTRA = "pip install -e '.[tpu]'"
+OOM_TEMPORARIES = re.compile(r"memory required for HLO temporaries \(([\d.]+)([KMGT])\)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +262,9 @@ def compile_phase(phase: Phase, mesh: Mesh) -> dict:
         text = str(e).strip()
         result = {"error": f"{type(e).__name__}: {text[:2000]}",
                   "out_of_memory": "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()}
+        needed = OOM_TEMPORARIES.search(text)
+        if needed:  # XLA:TPU says how much it wanted: e.g. "HLO temporaries (1.42T)"
+            result["temporaries_needed"] = int(float(needed.group(1)) * 1024 ** "KMGT".index(needed.group(2)) * 1024)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -313,7 +318,8 @@ def format_compiled(c: dict, analytic: dict | None = None) -> str:
                          f"  ({r['shape']}; {r['seconds']:.0f} s)")
         else:
             ok = "DOES NOT FIT (XLA ran out of memory)" if r["out_of_memory"] else "DID NOT COMPILE"
-            lines.append(f"{name:<18}{'':>56}{plan_cell:>8}  {ok}  ({r['shape']})")
+            temps = g(r["temporaries_needed"]) if "temporaries_needed" in r else ""
+            lines.append(f"{name:<18}{'':>8}{temps:>8}{'':>40}{plan_cell:>8}  {ok}  ({r['shape']})")
             errors.append(f"{name}: {r['error']}")
     lines.append("total = args + outputs - aliased (donated) + temporaries + code; peak adds the other "
                  "roles' resident params and optimizer state (colocated); plan = the analytic estimate "
