@@ -38,8 +38,8 @@ def check_model(cfg: Config) -> None:
     one_of("model.remat", m.remat, REMAT_POLICIES)
     one_of("optim.schedule", cfg.optim.schedule, SCHEDULES)
     o = cfg.optim
-    if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
-        raise ConfigError(f"optim.lr={o.lr} must be > 0, optim.warmup_steps={o.warmup_steps} >= 0, "
+    if o.lr < 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
+        raise ConfigError(f"optim.lr={o.lr} must be >= 0 (0 freezes the policy), optim.warmup_steps={o.warmup_steps} >= 0, "
                           f"optim.min_lr_ratio={o.min_lr_ratio} in [0, 1] and optim.grad_clip={o.grad_clip} "
                           ">= 0 (0 = no clipping)")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx, struct
 
-from rlx.engine import Engine, EngineConfig, ResultTokens, SamplingConfig, StopChecker, rollout
+from rlx.engine import Engine, EngineConfig, SamplingConfig, StopChecker, rollout
 
 VOCAB = 64
 
@@ -189,17 +189,13 @@ def test_prompt_too_long_names_the_limit(engine):
 def test_engine_api_prefill_insert_generate(model, engine):
     prompt = _prompts(1, 5, 6)[0]
     greedy = SamplingConfig(temperature=0.0)
-    padded = np.zeros(16, np.int32)
-    padded[:5] = prompt
-    prefix, first = engine.prefill(params=engine.load_params(), padded_tokens=padded, true_length=5,
-                                   sampler=greedy)
-    assert isinstance(first, ResultTokens) and first.data.shape == (1, 3)
-    assert (first.tokens_idx, first.valid_idx, first.length_idx) == ((0, 1), (1, 2), (2, 3))
+    prefix = engine.prefill_batch(None, [prompt], jax.random.key(0)[None], sampler=greedy)
+    first = int(prefix.tokens_PxS[0, 0])
     state = engine.init_decode_state(sampling=greedy, max_new_tokens=6)
-    state = engine.bulk_insert(prefix, state, [1, 3])
-    tokens = [[int(first.tokens[0, 0])] for _ in range(4)]
+    state = engine.insert_rows(prefix, state, [1, 3], [0, 0], [0, 0])
+    tokens = [[first] for _ in range(4)]
     for _ in range(4):
-        state, result = engine.generate(engine.load_params(), state)
+        state, result = engine.generate_steps(None, state, 1)
         result = result.convert_to_numpy()
         for slot in (1, 3):
             slot_data = result.get_result_at_slot(slot)
@@ -211,25 +207,25 @@ def test_engine_api_prefill_insert_generate(model, engine):
     assert int(result.get_result_at_slot(1).lengths[0]) == 5
 
 
-def test_prefill_multisampling_fills_slots_with_distinct_samples(engine):
-    prefix, first = engine.prefill_multisampling(padded_tokens=np.arange(1, 17), true_length=16,
-                                                 sampler=SamplingConfig(temperature=5.0),
-                                                 rng=jax.random.key(1), num_samples=4)
-    assert first.data.shape == (4, 3) and first.samples_per_slot == 4
-    state = engine.bulk_insert(prefix, engine.init_decode_state(max_new_tokens=3), [0, 1, 2, 3])
-    np.testing.assert_array_equal(state.tokens_B, first.tokens[:, 0])
-    assert len(set(np.asarray(first.tokens[:, 0]).tolist())) > 1
+def test_one_prefill_fills_slots_with_distinct_samples(engine):
+    prefix = engine.prefill_batch(None, [list(range(1, 17))], jax.random.key(1)[None], num_samples=4,
+                                  sampler=SamplingConfig(temperature=5.0))
+    assert prefix.tokens_PxS.shape == (1, 4)
+    state = engine.insert_rows(prefix, engine.init_decode_state(max_new_tokens=3), [0, 1, 2, 3], [0] * 4,
+                               [0, 1, 2, 3])
+    np.testing.assert_array_equal(state.tokens_B, prefix.tokens_PxS[0])
+    assert len(set(np.asarray(prefix.tokens_PxS[0]).tolist())) > 1
 
 
 def test_existing_prefix_continues_the_prompt(model, engine):
     greedy = SamplingConfig(temperature=0.0)
     head, tail = _prompts(1, 7, 8, seed=5)[0], _prompts(1, 5, 6, seed=6)[0]
-    first, _ = engine.prefill(padded_tokens=np.asarray(head), true_length=len(head), sampler=greedy)
-    prefix, result = engine.prefill(existing_prefix=first, padded_tokens=np.asarray(tail),
-                                    true_length=len(tail), sampler=greedy)
-    state = engine.insert(prefix, engine.init_decode_state(sampling=greedy, max_new_tokens=8), 0)
+    key = jax.random.key(0)[None]
+    first = engine.prefill_batch(None, [head], key, sampler=greedy)
+    prefix = engine.prefill_batch(None, [tail], key, sampler=greedy, existing_prefix=first)
+    state = engine.insert_rows(prefix, engine.init_decode_state(sampling=greedy, max_new_tokens=8), [0], [0], [0])
     state, steps = engine.generate_steps(None, state, 3)
-    got = [int(result.tokens[0, 0])] + np.asarray(steps.tokens[0]).tolist()
+    got = [int(prefix.tokens_PxS[0, 0])] + np.asarray(steps.tokens[0]).tolist()
     assert got == greedy_reference(model, [head + tail], 4)[0]
 
 

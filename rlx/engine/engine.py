@@ -1,4 +1,9 @@
-"""The rlx Engine: JetStream's Engine API (prefill / insert / generate over slots) in JAX.
+"""The rlx Engine: prefill / insert / generate over decode slots, in JAX.
+
+Its API is what rollouts need (`rlx.engine.driver`): `prefill_batch` (several prompts, n
+samples each), `insert_rows`, `generate_steps`, `release_slots`, `update_params`. JetStream's
+Engine API (one-prompt prefill, insert, one-step generate, `load_params`, `free_resource`)
+is the adapter's, `rlx.engine.jetstream_adapter`, built on these.
 
 One jitted function per hot path, each built once per engine: prefill (per prompt bucket),
 insert, and generate (k steps of a `lax.fori_loop`, per attention bucket). The decode state
@@ -9,7 +14,7 @@ logical-axis constraints (rlx.mesh.with_logical_constraint) act on its activatio
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,13 +54,12 @@ class Engine:
         self._zero_cache = jax.jit(
             lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._cache_shape),
             out_shardings=cache_shardings)
-        self._rng = jax.random.key(0)
         self._prefill_jit = jax.jit(self._prefill_impl, static_argnames=("num_samples", "mode"))
         self._insert_jit = jax.jit(self._insert_impl, donate_argnums=(1,))
         self._generate_jit = jax.jit(self._generate_impl, donate_argnums=(1,),
                                      static_argnames=("num_steps", "attend_len"))
 
-    # ---- JetStream Engine API: properties -------------------------------------------------
+    # ---- properties -----------------------------------------------------------------------
 
     @property
     def max_concurrent_decodes(self) -> int:
@@ -66,26 +70,14 @@ class Engine:
         return self.config.max_prefill_length
 
     @property
-    def samples_per_slot(self) -> int:
-        return 1
-
-    @property
     def mesh(self) -> jax.sharding.Mesh:
         return self._mesh
-
-    @property
-    def colocated_cpus(self):
-        return None
 
     @property
     def params(self):
         return self._params
 
     # ---- params ---------------------------------------------------------------------------
-
-    def load_params(self, *args, **kwargs):
-        """The engine's current params (JetStream's Driver passes them back to each call)."""
-        return self._params
 
     def update_params(self, params) -> None:
         """Swap in new weights (an `nnx.State` or a model of the same architecture).
@@ -104,32 +96,6 @@ class Engine:
         self._params = hostio.transfer(params, self._param_shardings)
 
     # ---- prefill --------------------------------------------------------------------------
-
-    def prefill(self, *, params=None, existing_prefix: Prefix | None = None, padded_tokens,
-                true_length: int, sampler: SamplingConfig | None = None, rng=None
-                ) -> tuple[Prefix, ResultTokens]:
-        """KV cache and first sampled token for one prompt (`padded_tokens` is 1-D)."""
-        return self.prefill_multisampling(params=params, existing_prefix=existing_prefix,
-                                          padded_tokens=padded_tokens, true_length=true_length,
-                                          sampler=sampler, rng=rng, num_samples=1)
-
-    def prefill_multisampling(self, *, params=None, existing_prefix: Prefix | None = None,
-                              padded_tokens, true_length: int, sampler: SamplingConfig | None = None,
-                              rng=None, num_samples: int = 1) -> tuple[Prefix, ResultTokens]:
-        """One prefill, `num_samples` independent first tokens (row i goes to `bulk_insert` slot i)."""
-        tokens = np.asarray(padded_tokens)
-        if tokens.ndim != 1:
-            raise ValueError(f"padded_tokens must be 1-D, got shape {tokens.shape}; "
-                             "use prefill_batch for several prompts")
-        if rng is None:
-            self._rng, rng = jax.random.split(self._rng)
-        prefix = self.prefill_batch(params, [tokens[:true_length].tolist()], as_key(rng)[None],
-                                    num_samples=num_samples, sampler=sampler,
-                                    existing_prefix=existing_prefix)
-        ones_S = jnp.ones((num_samples,), jnp.int32)
-        result = ResultTokens.pack(prefix.tokens_PxS.reshape(-1, 1), ones_S[:, None], ones_S,
-                                   prefix.logprobs_PxS.reshape(-1, 1), samples_per_slot=num_samples)
-        return prefix, result
 
     def prefill_batch(self, params, prompts: Sequence[Sequence[int]], keys_P: jax.Array, *,
                       num_samples: int = 1, sampler: SamplingConfig | None = None,
@@ -181,16 +147,6 @@ class Engine:
 
     # ---- insert ---------------------------------------------------------------------------
 
-    def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
-        """Put sample 0 of a one-prompt prefix into `slot`."""
-        return self.insert_rows(prefix, decode_state, [slot], [0], [0])
-
-    def bulk_insert(self, prefix: Prefix, decode_state: DecodeState, slots: Sequence[int]) -> DecodeState:
-        """Put one prompt's prefix into several slots; slot i gets sample i % num_samples."""
-        slots = list(slots)
-        return self.insert_rows(prefix, decode_state, slots, [0] * len(slots),
-                                [i % prefix.num_samples for i in range(len(slots))])
-
     def insert_rows(self, prefix: Prefix, decode_state: DecodeState, slots, rows, samples) -> DecodeState:
         """Slot slots[i] <- prompt rows[i], sample samples[i] of `prefix`.
 
@@ -237,10 +193,6 @@ class Engine:
         eos = jnp.isin(tokens, jnp.asarray(state.eos_ids, jnp.int32)) if state.eos_ids else False
         return eos | (lengths >= state.max_new_tokens) | (pos >= self.config.max_cache_len)
 
-    def free_resource(self, slot: int) -> None:
-        """Nothing to free: slots own fixed cache rows (JetStream's hook for paged caches)."""
-        return None
-
     def release_slots(self, decode_state: DecodeState, slots: Sequence[int]) -> DecodeState:
         """Tell the engine these slots are finished, so they stop widening decode attention."""
         bounds = list(decode_state.bounds)
@@ -250,9 +202,8 @@ class Engine:
 
     # ---- generate -------------------------------------------------------------------------
 
-    def init_decode_state(self, *args, sampling: SamplingConfig | None = None,
-                          eos_ids: Sequence[int] | None = None,
-                          max_new_tokens: int | None = None, **kwargs) -> DecodeState:
+    def init_decode_state(self, *, sampling: SamplingConfig | None = None, eos_ids: Sequence[int] | None = None,
+                          max_new_tokens: int | None = None) -> DecodeState:
         """Empty slots (all done) with a zeroed KV cache on the engine's mesh."""
         state = self._empty_state(sampling, eos_ids, max_new_tokens)
         stripped = state.replace(bounds=())
@@ -276,11 +227,6 @@ class Engine:
             sampling=sampling.values(),
             max_new_tokens=jnp.asarray(budget, jnp.int32),
             mode=sampling.mode, eos_ids=eos, bounds=(0,) * num_slots)
-
-    def generate(self, params, decode_state: DecodeState, sampler: SamplingConfig | None = None,
-                 rng=None) -> tuple[DecodeState, ResultTokens]:
-        """One decode step for every slot (finished slots emit tokens marked invalid)."""
-        return self.generate_steps(params, decode_state, 1, sampler=sampler)
 
     def generate_steps(self, params, decode_state: DecodeState, num_steps: int,
                        sampler: SamplingConfig | None = None) -> tuple[DecodeState, ResultTokens]:
@@ -351,8 +297,3 @@ class Engine:
         with jax.set_mesh(self._mesh):
             return self._generate_jit.lower(self._params, state, num_steps=num_steps, attend_len=attend_len)
 
-    # ---- serving hooks --------------------------------------------------------------------
-
-    def get_prefix_destination_sharding(self) -> Any:
-        """Prefixes stay where prefill made them: prefill and decode share this engine's mesh."""
-        return None

@@ -22,7 +22,7 @@ from flax import struct
 from jetstream.core import orchestrator, server_lib
 from jetstream.engine import engine_api, token_utils, tokenizer_api, tokenizer_pb2
 
-from rlx.engine.engine import Engine
+from rlx.engine.engine import Engine, as_key
 from rlx.engine.state import DecodeState
 
 # google-jetstream 0.2.2's Driver frees prefixes with `jax.tree_map`, which JAX has removed.
@@ -94,38 +94,49 @@ def _mark_pending(pending_B, slot):
 
 
 class JetStreamEngine(engine_api.Engine):
-    """An rlx Engine behind JetStream 0.2.2's `engine_api.Engine` (interleaved serving)."""
+    """An rlx Engine behind JetStream 0.2.2's `engine_api.Engine` (interleaved serving): the
+    one-prompt prefill, one-slot insert and one-step generate of that API, over the Engine's
+    batched `prefill_batch`, `insert_rows` and `generate_steps`."""
 
     def __init__(self, engine: Engine, tokenizer):
         self.engine = engine
         self.tokenizer = tokenizer
+        self._rng = jax.random.key(0)
 
-    def prefill(self, *, params, existing_prefix=None, padded_tokens, true_length: int):
-        prefix, _ = self.engine.prefill(params=params, existing_prefix=existing_prefix,
-                                        padded_tokens=padded_tokens, true_length=true_length)
-        return prefix
+    def prefill(self, *, params, existing_prefix=None, padded_tokens, true_length: int, rng=None):
+        tokens = np.asarray(padded_tokens)
+        if tokens.ndim != 1:
+            raise ValueError(f"padded_tokens must be 1-D, got shape {tokens.shape}")
+        if rng is None:
+            self._rng, rng = jax.random.split(self._rng)
+        return self.engine.prefill_batch(params, [tokens[:true_length].tolist()], as_key(rng)[None],
+                                         existing_prefix=existing_prefix)
 
     def insert(self, prefix, decode_state: ServingState, slot: int) -> ServingState:
-        inner = self.engine.insert(prefix, decode_state.inner, slot)
+        inner = self.engine.insert_rows(prefix, decode_state.inner, [slot], [0], [0])
         return ServingState(inner=inner, pending_B=_mark_pending(decode_state.pending_B, slot))
+
+    def free_resource(self, slot: int) -> None:
+        """Nothing to free: slots own fixed cache rows (JetStream's hook for paged caches)."""
+        return None
 
     def generate(self, params, decode_state: ServingState):
         inner = decode_state.inner
         data, pending_B = _emit(inner.tokens_B, inner.lengths_B, inner.done_B, decode_state.pending_B)
-        inner, _ = self.engine.generate(params, inner)
+        inner, _ = self.engine.generate_steps(params, inner, 1)
         result = engine_api.ResultTokens(data=data, tokens_idx=(0, 1), valid_idx=(1, 2),
                                          length_idx=(2, 3), samples_per_slot=1)
         return ServingState(inner=inner, pending_B=pending_B), result
 
     def init_decode_state(self, *args, **kwargs) -> ServingState:
-        inner = self.engine.init_decode_state(*args, **kwargs)
+        inner = self.engine.init_decode_state()
         return ServingState(inner=inner, pending_B=jnp.zeros_like(inner.done_B))
 
     def load_params(self, *args, **kwargs):
-        return self.engine.load_params()
+        return self.engine.params
 
     def get_prefix_destination_sharding(self) -> Any:
-        return self.engine.get_prefix_destination_sharding()
+        return None  # prefixes stay where prefill made them: prefill and decode share one mesh
 
     def get_tokenizer(self) -> tokenizer_pb2.TokenizerParameters:
         return tokenizer_pb2.TokenizerParameters(path="rlx")
@@ -139,7 +150,7 @@ class JetStreamEngine(engine_api.Engine):
 
     @property
     def samples_per_slot(self) -> int:
-        return self.engine.samples_per_slot
+        return 1
 
     @property
     def max_prefill_length(self) -> int:
