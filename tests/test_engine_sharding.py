@@ -78,7 +78,7 @@ MESH_SCRIPT = textwrap.dedent("""
                     EngineConfig(max_concurrent_decodes=2, max_prefill_length=16, max_cache_len=32))
     prefix = engine.prefill_batch(None, [[1, 2, 3]], jax.random.split(jax.random.key(0), 1), num_samples=2)
     out = {"prefill": list(seen)}
-    state = engine.bulk_insert(prefix, engine.init_decode_state(), [0, 1])
+    state = engine.insert_rows(prefix, engine.init_decode_state(), [0, 1], [0, 0], [0, 1])
     seen.clear()
     engine.generate_steps(None, state, 2)
     out["generate"] = list(seen)
