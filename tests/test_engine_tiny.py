@@ -77,3 +77,27 @@ def test_no_recompilation_after_warmup_or_update_params(model, engine):
         logger.removeHandler(counter)
     assert not counter.messages, counter.messages  # nothing at all compiles, engine or driver
     assert (first.response_ids != second.response_ids).any()  # the new weights are in use
+
+
+def test_the_convenience_rollout_reuses_its_engine_and_sees_weight_updates():
+    from rlx.engine.driver import ENGINES
+
+    model = from_preset("tiny")  # its own model: updated in place below
+    ENGINES.clear()
+    kwargs = dict(n=4, temperature=0.8, seed=3)
+    rollout(model, _prompts(3, seed=20, lo=5, hi=16), max_new_tokens=9, **kwargs)  # builds and compiles
+    counter = _CompileCounter()
+    logger = logging.getLogger("jax")
+    logger.addHandler(counter)
+    try:
+        with jax.log_compiles(True):
+            # Other prompts of the same bucket, and a nearby length in the same power-of-two bucket.
+            first = rollout(model, _prompts(3, seed=21, lo=5, hi=16), max_new_tokens=12, **kwargs)
+            state = nnx.state(model, nnx.Param)
+            nnx.update(model, jax.tree.map(lambda x: x * 1.5, state))
+            second = rollout(model, _prompts(3, seed=21, lo=5, hi=16), max_new_tokens=12, **kwargs)
+    finally:
+        logger.removeHandler(counter)
+    assert not counter.messages, counter.messages
+    assert (first.response_ids != second.response_ids).any()  # the updated weights were sampled
+    assert first.response_ids.shape[1] == 12

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rlx import hostio
+from rlx.engine import layout
 from rlx.engine.engine import Engine
 from rlx.engine.sampling import SamplingConfig
 from rlx.engine.state import EngineConfig, pick_bucket, pow2_buckets
@@ -44,13 +45,51 @@ class Rollouts:
 
 
 def default_engine_config(prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int,
-                          sampling: SamplingConfig) -> EngineConfig:
-    """Slots for every sequence (at most 64) and a cache just long enough for this call."""
+                          sampling: SamplingConfig | None = None) -> EngineConfig:
+    """Slots for every sequence (at most 64) and a cache for this call, each rounded up to a
+    power of two, so nearby calls share one engine and its compiled programs. The sampling
+    settings are per call (`rollout` passes them), not part of the engine."""
+    del sampling
     longest = max(len(p) for p in prompts)
     max_prefill = pick_bucket(pow2_buckets(16, 1 << 20), longest)
     slots = pick_bucket(pow2_buckets(1, 64), len(prompts) * n)
+    new = pick_bucket(pow2_buckets(16, 1 << 20), max_new_tokens)
     return EngineConfig(max_concurrent_decodes=slots, max_prefill_length=max_prefill,
-                        max_cache_len=max_prefill + max_new_tokens, sampling=sampling)
+                        max_cache_len=max_prefill + new)
+
+
+class EngineCache:
+    """The engines `rollout(model, ...)` builds, reused across calls.
+
+    Keyed by the model's graph (architecture and dtypes), its mesh and the engine config, so a second
+    call with the same model and nearby sizes reuses the engine -- and every program it has
+    compiled. Each call hands the engine the model's current weights (`update_params`: no
+    copy when they already sit where the engine keeps them), so a model updated in place, or
+    another model of the same graph, is always the one sampled. Least recently used first out.
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._engines: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, model: nnx.Module, config: EngineConfig) -> Engine:
+        graphdef, params = nnx.split(model)
+        key = (graphdef, config, layout.mesh_of(params))  # weights on another mesh: another engine
+        engine = self._engines.pop(key, None)
+        if engine is None:
+            engine = Engine(model, config)
+        else:
+            engine.update_params(params)
+        self._engines[key] = engine
+        while len(self._engines) > self.size:
+            self._engines.popitem(last=False)
+        return engine
+
+    def clear(self) -> None:
+        self._engines.clear()
+
+
+ENGINES = EngineCache()
 
 
 def rollout(model: nnx.Module | None, prompts: Sequence[Sequence[int]], *, n: int = 1,
@@ -60,8 +99,10 @@ def rollout(model: nnx.Module | None, prompts: Sequence[Sequence[int]], *, n: in
     """Sample n responses per prompt (lists of token ids).
 
     With `engine`, its current params are used (call `engine.update_params` after each update)
-    and `model` may be None; without, an engine sized for this call is built from `model`.
-    `stop` holds strings or compiled regexes (see rlx.engine.stops) and needs `tokenizer`.
+    and `model` may be None; without, an engine sized for this call (sizes rounded up to powers
+    of two) comes from `ENGINES`, built on the first call and reused by the next ones with the
+    model's current weights. `stop` holds strings or compiled regexes (see rlx.engine.stops)
+    and needs `tokenizer`.
     """
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts or n < 1 or max_new_tokens < 1:
@@ -72,7 +113,7 @@ def rollout(model: nnx.Module | None, prompts: Sequence[Sequence[int]], *, n: in
     if engine is None:
         if model is None:
             raise ValueError("rollout needs a model or an engine; pass one of them")
-        engine = Engine(model, default_engine_config(prompts, n, max_new_tokens, sampling))
+        engine = ENGINES.get(model, default_engine_config(prompts, n, max_new_tokens))
     _check_lengths(engine.config, prompts, max_new_tokens)
     eos = tuple(eos_ids) or engine.config.eos_ids
     return _Driver(engine, prompts, n, max_new_tokens, sampling, seed, eos, checker).run()
