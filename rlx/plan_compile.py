@@ -299,11 +299,13 @@ ANALYTIC_PHASE = {"actor update": "actor update", "prm update": "prm update", "a
 
 
 def format_compiled(c: dict, analytic: dict | None = None) -> str:
-    g = lambda n: f"{n / GIB:.2f}"  # noqa: E731
+    totals = [r["memory"]["total"] for r in c["phases"].values() if "memory" in r]
+    unit, scale = ("MiB", 2**20) if totals and max(totals) < GIB else ("GiB", GIB)  # tiny models
+    g = lambda n: f"{n / scale:.2f}"  # noqa: E731
     mesh = " ".join(f"{k}={v}" for k, v in c["mesh"].items())
     lines = [f"XLA, compiled for {c['target']}: {c['devices']} x {c['device_kind']}, mesh {mesh}, "
-             f"{g(c['hbm_bytes'])} GiB HBM per device",
-             f"{'GiB per device':<18}{'args':>8}{'temps':>8}{'outputs':>8}{'aliased':>8}{'total':>8}"
+             f"{c['hbm_bytes'] / GIB:.2f} GiB HBM per device",
+             f"{unit + ' per device':<18}{'args':>8}{'temps':>8}{'outputs':>8}{'aliased':>8}{'total':>8}"
              f"{'peak':>8}{'plan':>8}  verdict"]
     errors = []
     for name, r in c["phases"].items():
