@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                      # small shape, batch 16 x 256 tokens
     python benchmarks/train_step.py --batch 4 --seq 128 --steps 2 --shape tiny   # quick look
+    python benchmarks/train_step.py --only-logits --logits-chunk 48   # chunked vs whole-response log-probs
 
 Everything is measured in the same run on the same machine: rlx (jitted loss + grad), the
 same model in PyTorch (built from the same weights via `to_hf`), and the float32 matmul peak
@@ -83,6 +84,15 @@ def bench_torch_fwd_bwd(model: Transformer, input_ids_BxT: np.ndarray, steps: in
     return dict(step_s=step_s, first_s=first_s, loss=out["loss"])
 
 
+def bench_logits_chunking(shape: str, remat: str, batch: dict, chunk: int, steps: int) -> list[tuple[str, dict]]:
+    """The GRPO update with the response's logits whole (logits_chunk=0) and in chunks."""
+    rows = []
+    for c in (0, chunk):
+        model = from_preset(shape, seed=0, remat=remat, logits_chunk=c)
+        rows.append((f"logits_chunk={c}", bench_rlx_grpo_update(model, batch, _timed, steps)))
+    return rows
+
+
 def print_table(rows: list[tuple[str, dict]], flops: float, tokens: int, peak: float, baseline: str) -> None:
     base_s = dict(rows)[baseline]["step_s"]
     print(f"{'impl':<22}{'step ms':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'% peak':>9}{'speedup':>9}{'loss':>9}")
@@ -103,7 +113,11 @@ def main(argv=None) -> None:
     parser.add_argument("--remat", default="none")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--skip-grpo", action="store_true", help="skip the GRPO update-step rows")
+    parser.add_argument("--logits-chunk", type=int, default=48,
+                        help="chunk size for the chunked vs whole-response log-probs rows")
+    parser.add_argument("--only-logits", action="store_true", help="run only the logits-chunk rows")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
 
     model = from_preset(args.shape, seed=0, remat=args.remat)
     cfg = model.config
@@ -115,6 +129,9 @@ def main(argv=None) -> None:
     print(f"shape {args.shape}: {param_count(cfg):,} params, batch {args.batch} x {args.seq} tokens, "
           f"{flops / 1e9:.1f} GFLOP per step; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
 
+    if args.only_logits:
+        _logits_rows(args, cfg, flops, tokens, peak, load_before)
+        return
     rows = [("rlx jax fwd+bwd", bench_model_fwd_bwd(model, ids, args.steps))]
     if not args.skip_torch:
         rows.append(("torch fwd+bwd", bench_torch_fwd_bwd(model, ids, args.steps)))
@@ -130,6 +147,26 @@ def main(argv=None) -> None:
         rows.append(("torch GRPO update", bench_torch_grpo_update(model, batch, _timed, args.steps)))
     print()
     print_table(rows, flops, tokens, peak, baseline=rows[-1][0])
+    _logits_rows(args, cfg, flops, tokens, peak, load_before)
+
+
+def _logits_rows(args, cfg, flops: float, tokens: int, peak: float, load_before: tuple) -> None:
+    """Chunked vs whole-response log-probs in the GRPO update, with the load average around them:
+    on a shared machine a ratio measured while others compute means little."""
+    batch = grpo_batch(cfg.vocab_size, args.batch, args.seq, args.seq * 3 // 4)
+    rows = bench_logits_chunking(args.shape, args.remat, batch, args.logits_chunk, args.steps)
+    load_after = os.getloadavg()
+    print()
+    print_table(rows, flops, tokens, peak, baseline=rows[0][0])
+    ratio = rows[1][1]["step_s"] / rows[0][1]["step_s"]
+    busy = max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1)
+    print(f"chunked / whole step time: {ratio:.3f} (response {args.seq * 3 // 4} tokens, chunk "
+          f"{args.logits_chunk}); load average 1/5/15 min before {_load(load_before)}, after {_load(load_after)}"
+          f"{' -- BUSY MACHINE, the ratio is unreliable' if busy else ''}")
+
+
+def _load(load: tuple) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,19 @@ def build_model(section: ModelSection, *, seed: int = 0, mesh: Mesh | None = Non
         if not (path / "config.json").exists():
             raise ConfigError(f"model.hf_path={section.hf_path} has no config.json; point it at a "
                               f"Hugging Face model directory (or a run's final/ directory)")
-        return models.from_hf(path, dtype=section.dtype, mesh=mesh)
+        return models.from_hf(path, dtype=section.dtype, mesh=mesh, **model_options(section))
     if section.preset not in models.preset_names() and not Path(section.preset).exists():
         raise ConfigError(f"model.preset='{section.preset}' is not a preset; choose one of "
                           f"{', '.join(models.preset_names())} or give a path to a preset yaml")
     return models.from_preset(section.preset, seed=seed, mesh=mesh, dtype=section.dtype,
-                              **{"param_dtype": section.param_dtype, "remat": section.remat, **extra})
+                              **{**model_options(section), **extra})
+
+
+def model_options(section: ModelSection) -> dict:
+    """The model section's settings besides the architecture, for every way a model is built
+    (preset, Hugging Face directory, the cached SFT warm start)."""
+    return {"param_dtype": section.param_dtype, "remat": section.remat, "attention": section.attention,
+            "logits_chunk": section.logits_chunk}
 
 
 def build_tokenizer(section: TokenizerSection, model_section: ModelSection | None = None):

@@ -41,6 +41,10 @@ class ModelSection:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    # Full-sequence attention: auto | xla | cudnn | splash (auto = splash on TPU, cudnn on GPU where
+    # the shapes fit, else xla). Log-probs / entropy: sequence positions unembedded per chunk (0 = all).
+    attention: str = "auto"
+    logits_chunk: int = 256
     # Architecture overrides applied on top of the preset (e.g. {"n_layers": 2}).
     overrides: dict = field(default_factory=dict)
 

@@ -29,13 +29,16 @@ def check_sections(cfg: Config) -> None:
 
 
 def check_model(cfg: Config) -> None:
-    from rlx.models.config import DTYPES, REMAT_POLICIES
+    from rlx.models.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
     from rlx.train.optim import SCHEDULES
 
     m = cfg.model
     one_of("model.dtype", m.dtype, DTYPES)
     one_of("model.param_dtype", m.param_dtype, DTYPES)
     one_of("model.remat", m.remat, REMAT_POLICIES)
+    one_of("model.attention", m.attention, ATTENTION_IMPLS)
+    if m.logits_chunk < 0:
+        raise ConfigError(f"model.logits_chunk={m.logits_chunk} must be >= 0 (0 = the whole response at once)")
     one_of("optim.schedule", cfg.optim.schedule, SCHEDULES)
     o = cfg.optim
     if o.lr < 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:

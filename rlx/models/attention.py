@@ -38,3 +38,42 @@ def attend(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, mas
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)
     out_BxTxKxGxD = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
     return out_BxTxKxGxD.reshape(b, t, h, d)
+
+
+def _cudnn_fits(dtype, head_dim: int) -> bool:
+    """cuDNN flash attention takes 16-bit inputs and head_dim a multiple of 8, at most 128."""
+    return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+
+
+def resolve_attention(name: str, dtype, head_dim: int) -> str:
+    """`auto` -> splash on TPU, cudnn on GPU when the shapes fit, else xla; checks an explicit choice."""
+    backend = jax.default_backend()
+    if name == "auto":
+        if backend == "tpu":
+            return "splash"
+        return "cudnn" if backend == "gpu" and _cudnn_fits(dtype, head_dim) else "xla"
+    if name == "cudnn" and (backend != "gpu" or not _cudnn_fits(dtype, head_dim)):
+        raise ValueError(f"model.attention=cudnn needs a GPU, a 16-bit model.dtype and head_dim a multiple of 8 "
+                         f"up to 128; got backend {backend}, dtype {jnp.dtype(dtype).name}, head_dim {head_dim}. "
+                         f"Set model.attention=auto (or xla)")
+    return name
+
+
+def sequence_attention(impl: str, attention_mask_BxT: jax.Array | None, batch: int, seq: int):
+    """`attend_fn(q, k, v)` over the full sequence (causal by index, padding-aware) for `impl`.
+
+    xla and cudnn take the boolean [B, 1, T, T] mask (cuDNN turns it into a bias: T^2 per row,
+    not per head, and no float32 scores); splash takes segment ids (see rlx.models.splash).
+    Padding query rows never produce NaN: their outputs are unused, but must stay finite.
+    """
+    if impl == "splash":
+        from rlx.models.splash import splash_attention
+
+        interpret = jax.default_backend() != "tpu"  # Pallas interpret mode: tests on CPU
+        return lambda q, k, v: splash_attention(q, k, v, attention_mask_BxT, interpret=interpret)
+    if impl not in ("xla", "cudnn"):
+        raise ValueError(f"model.attention={impl!r} is not one of auto, xla, cudnn, splash")
+    mask = None
+    if attention_mask_BxT is not None:
+        mask = full_sequence_mask(attention_mask_BxT, batch, seq)[:, None]
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=impl)

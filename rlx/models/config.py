@@ -14,6 +14,9 @@ DTYPES = ("float32", "bfloat16")
 # none: keep every activation; full: keep only layer inputs; dots: keep matmul outputs;
 # dots_no_batch: keep matmul outputs without batch dims (weights-like), recompute the rest.
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Full-sequence attention: auto = splash on TPU, cudnn on GPU where it takes the shapes, else
+# xla; xla = jax.nn.dot_product_attention's XLA path, which still forms the [T, T] scores.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,10 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype
     remat: str = "none"
     scan_layers: bool = True
+    attention: str = "auto"
+    # Sequence positions per chunk when log-probs / entropy are taken from the hidden states:
+    # only one chunk's float32 [B, chunk, V] logits is alive at a time. 0 = the whole sequence.
+    logits_chunk: int = 256
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):
@@ -65,7 +72,10 @@ class ModelConfig:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        choices = {"family": FAMILIES, "dtype": DTYPES, "param_dtype": DTYPES, "remat": REMAT_POLICIES}
+        if self.logits_chunk < 0:
+            raise ValueError(f"logits_chunk={self.logits_chunk} must be >= 0 (0 = the whole sequence at once)")
+        choices = {"family": FAMILIES, "dtype": DTYPES, "param_dtype": DTYPES, "remat": REMAT_POLICIES,
+                   "attention": ATTENTION_IMPLS}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")

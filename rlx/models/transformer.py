@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx, struct
 
 from rlx.mesh import with_logical_constraint
-from rlx.models.attention import attend, cache_mask, full_sequence_mask
+from rlx.models.attention import attend, cache_mask, resolve_attention, sequence_attention
 from rlx.models.config import ModelConfig
 from rlx.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
@@ -154,6 +154,12 @@ def default_positions(attention_mask_BxT: jax.Array | None, batch: int, seq: int
     return jnp.maximum(jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def unembed(hidden_BxTxD: jax.Array, w_DxV: jax.Array) -> jax.Array:
+    """Hidden states -> float32 logits [B, T, V] (also applied one sequence chunk at a time)."""
+    logits_BxTxV = dense(hidden_BxTxD, w_DxV, out_dtype=jnp.float32)
+    return with_logical_constraint(logits_BxTxV, ("batch", "seq", "vocab"))
+
+
 class Transformer(nnx.Module):
     """Llama / Qwen2 decoder. Parameters are `nnx.Param`s tagged with `logical_axes` metadata."""
 
@@ -177,15 +183,16 @@ class Transformer(nnx.Module):
     def _final_norm(self, x_BxTxD: jax.Array) -> jax.Array:
         return rms_norm(x_BxTxD, self.final_norm[...].astype(self.config.dtype), self.config.rms_eps)
 
-    def unembed(self, hidden_BxTxD: jax.Array) -> jax.Array:
-        """Final-norm hidden states -> float32 logits [B, T, V]."""
+    def unembed_weight(self) -> jax.Array:
+        """The LM head [D, V] in the compute dtype (the embedding's transpose when tied)."""
         dtype = self.config.dtype
         if self.config.tie_embeddings:
-            w_DxV = self.embed[...].astype(dtype).T
-        else:
-            w_DxV = self.lm_head[...].astype(dtype)
-        logits = dense(hidden_BxTxD, w_DxV, out_dtype=jnp.float32)
-        return with_logical_constraint(logits, ("batch", "seq", "vocab"))
+            return self.embed[...].astype(dtype).T
+        return self.lm_head[...].astype(dtype)
+
+    def unembed(self, hidden_BxTxD: jax.Array) -> jax.Array:
+        """Final-norm hidden states -> float32 logits [B, T, V]."""
+        return unembed(hidden_BxTxD, self.unembed_weight())
 
     # -- full-sequence path -----------------------------------------------------------------
 
@@ -201,10 +208,11 @@ class Transformer(nnx.Module):
         if positions_BxT is None:
             positions_BxT = default_positions(attention_mask_BxT, batch, seq)
         cos, sin = rope_cos_sin(positions_BxT, _inv_freq(cfg), cfg.dtype)
-        mask_BxTxT = full_sequence_mask(attention_mask_BxT, batch, seq)
+        attend_fn = sequence_attention(resolve_attention(cfg.attention, cfg.dtype, cfg.head_dim),
+                                       attention_mask_BxT, batch, seq)
 
         def body(x, p):
-            return _layer(cfg, p, x, cos, sin, lambda q, k, v: attend(q, k, v, mask_BxTxT))
+            return _layer(cfg, p, x, cos, sin, attend_fn)
 
         if cfg.remat != "none":
             # prevent_cse only matters outside a scan; inside one it just blocks optimisations.

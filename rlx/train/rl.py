@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from rlx import hostio
-from rlx.build import build_mesh, build_model
+from rlx.build import build_mesh, build_model, model_options
 from rlx.checkpoint import Checkpointer
 from rlx.config import Config, ConfigError, dump_yaml, to_dict
 from rlx.generate import generate
@@ -46,7 +46,8 @@ def warm_start(cfg: Config, model, task: Task, mesh=None, progress_desc: str = "
 
     cache = cache_dir(cfg, "sft", to_dict(cfg.model), to_dict(cfg.sft), to_dict(cfg.data), cfg.run.seed)
     if (cache / "config.json").exists():
-        return models.from_hf(cache, dtype=cfg.model.dtype, mesh=mesh), json.loads((cache / "sft.json").read_text())
+        model = models.from_hf(cache, dtype=cfg.model.dtype, mesh=mesh, **model_options(cfg.model))
+        return model, json.loads((cache / "sft.json").read_text())
     examples = examples_from_task(task)
     progress = Progress(cfg.sft.steps, progress_desc)
     t0 = time.perf_counter()

@@ -16,8 +16,8 @@ import optax
 from flax import nnx
 
 from rlx.kernels.aggregation import AGGREGATIONS, global_denominator
-from rlx.kernels.policy_loss import (entropy_from_logits, kl_penalty, ppo_clip_loss,
-                                     token_logprobs)
+from rlx.kernels.policy_loss import kl_penalty, ppo_clip_loss
+from rlx.train.logprobs import response_token_stats
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,9 @@ class LossSpec:
             raise ValueError(f"algo.loss_agg='{self.agg}' is not one of {', '.join(AGGREGATIONS)}")
 
 
-def response_logits(model, batch: dict, width: int) -> jax.Array:
-    """Logits predicting the `width` response tokens (columns P-1 .. P+R-2 of the sequence)."""
-    logits_BxTxV = model(batch["ids"], batch["positions"], batch["mask"])
-    return logits_BxTxV[:, -width - 1:-1]
-
-
 def score_logprobs(graphdef, params, batch: dict, temperature: float) -> jax.Array:
     """Log-probs of the response tokens under `params` at the rollout temperature."""
-    width = batch["response_mask"].shape[1]
-    logits_BxRxV = response_logits(nnx.merge(graphdef, params), batch, width)
-    return token_logprobs(logits_BxRxV, batch["ids"][:, -width:], temperature)
+    return response_token_stats(nnx.merge(graphdef, params), batch, temperature, entropy=False)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -66,18 +58,14 @@ def score_with_entropy(graphdef, params, batch: dict, temperature):
     The entropy is the one temperature control steers (ALGORITHMS.md section 9): the sampling
     distribution before top-k / top-p truncation, on the policy's own rollouts.
     """
-    width = batch["response_mask"].shape[1]
-    logits_BxRxV = response_logits(nnx.merge(graphdef, params), batch, width)
-    logp_BxR = token_logprobs(logits_BxRxV, batch["ids"][:, -width:], temperature)
+    logp_BxR, entropy_BxR = response_token_stats(nnx.merge(graphdef, params), batch, temperature)
     m = batch["response_mask"].astype(jnp.float32)
-    entropy = jnp.sum(entropy_from_logits(logits_BxRxV, temperature) * m) / jnp.maximum(m.sum(), 1.0)
-    return logp_BxR, entropy
+    return logp_BxR, jnp.sum(entropy_BxR * m) / jnp.maximum(m.sum(), 1.0)
 
 
 def _micro_loss(params, graphdef, spec: LossSpec, mb: dict, denom, kl_coef, temperature):
-    width = mb["response_mask"].shape[1]
-    logits_BxRxV = response_logits(nnx.merge(graphdef, params), mb, width)
-    logp_BxR = token_logprobs(logits_BxRxV, mb["ids"][:, -width:], temperature)
+    logp_BxR, entropy_BxR = response_token_stats(nnx.merge(graphdef, params), mb, temperature,
+                                                 entropy_grad=bool(spec.entropy_coef))
     mask_BxR = mb["response_mask"]
     pg = ppo_clip_loss(logp_BxR, mb["old_logp"], mb["adv"], eps_low=spec.eps_low,
                        eps_high=spec.eps_high, dual_clip_c=spec.dual_clip)
@@ -88,9 +76,7 @@ def _micro_loss(params, graphdef, spec: LossSpec, mb: dict, denom, kl_coef, temp
         kl_BxR = kl_penalty(logp_BxR, mb["ref_logp"], spec.kl_type)
         loss_BxR = loss_BxR + kl_coef * kl_BxR
         stats["kl"] = agg(kl_BxR, mask_BxR, max_len=spec.max_len)[0]
-    entropy_BxR = jax.lax.stop_gradient(entropy_from_logits(logits_BxRxV, temperature))
     if spec.entropy_coef:
-        entropy_BxR = entropy_from_logits(logits_BxRxV, temperature)
         loss_BxR = loss_BxR - spec.entropy_coef * entropy_BxR
     total, _ = agg(loss_BxR, mask_BxR, max_len=spec.max_len)
     m = mask_BxR.astype(jnp.float32)
