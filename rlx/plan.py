@@ -69,8 +69,10 @@ class RoleMemory:
 
 def model_config(section) -> ModelConfig:
     """The ModelConfig `rlx.build.build_model` would build from the `model:` section."""
-    overrides = {"dtype": section.dtype, "param_dtype": section.param_dtype, "remat": section.remat,
-                 **section.overrides}
+    from rlx.build import model_options
+
+    # The same settings the run builds its model with (attention and logits chunk included).
+    overrides = {"dtype": section.dtype, **model_options(section), **section.overrides}
     try:
         if section.hf_path:
             path = Path(section.hf_path) / "config.json"

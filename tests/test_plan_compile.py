@@ -1,5 +1,6 @@
 """plan.compile: every phase's real program compiles on abstract inputs and reports XLA's memory."""
 
+import jax
 import pytest
 
 from rlx import plan_compile
@@ -72,8 +73,10 @@ def test_a_phase_that_fails_is_reported_beside_the_others(monkeypatch):
 @pytest.mark.skipif(not plan_compile.libtpu_available(), reason="needs libtpu (pip install -e '.[tpu]')")
 def test_aot_compile_for_a_v5p_slice_on_a_cpu_host(tmp_path, capsys):
     # v5p:2x2x1 is 4 chips; the tiny model on fsdp=4 compiles for TPU v5 without any TPU here.
+    # 64 + 64 tokens: splash attention (model.attention=auto on TPU) tiles by 128.
     rc = main(["plan", "configs/quickstart.yaml", "model.preset=tiny", "model.dtype=bfloat16",
                "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=1", "algo.kl_coef=0.01",
+               "engine.max_prefill_length=64", "engine.max_new_tokens=64", "engine.max_cache_len=128",
                "plan.compile=true", "plan.topology=v5p:2x2x1", f"run.out_dir={tmp_path}", "run.name=p"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -81,3 +84,18 @@ def test_aot_compile_for_a_v5p_slice_on_a_cpu_host(tmp_path, capsys):
     for phase in ("actor scoring", "actor update", "reference scoring", "engine prefill", "engine generate"):
         line = next(l for l in out.splitlines() if l.startswith(phase))
         assert "FITS" in line, line
+
+
+@pytest.mark.skipif(not plan_compile.libtpu_available(), reason="needs libtpu (pip install -e '.[tpu]')")
+def test_auto_attention_lowers_the_splash_kernel_for_a_tpu_slice():
+    # The host is a CPU, but the program is for TPU: model.attention=auto must pick splash, and
+    # as a Mosaic kernel (not Pallas interpret mode), from the mesh's devices.
+    cfg = load_config("configs/quickstart.yaml", [
+        "model.preset=tiny", "model.dtype=bfloat16", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=1",
+        "engine.max_prefill_length=64", "engine.max_new_tokens=64", "engine.max_cache_len=128",
+        "sft.steps=0", "plan.topology=v5p:2x2x1"])
+    mesh = plan_compile.compile_mesh(cfg, plan_compile.target_devices(cfg.plan.topology))
+    scoring = next(p for p in plan_compile.phases(cfg, mesh) if p.name == "actor scoring")
+    with jax.set_mesh(mesh):
+        text = scoring.lower().as_text()
+    assert "tpu_custom_call" in text
