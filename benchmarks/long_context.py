@@ -2,7 +2,7 @@
 
     pip install -e '.[tpu]'
     python benchmarks/long_context.py                                  # the table in docs/scaling.md
-    python benchmarks/long_context.py --cells 0.5b@v5p-8 --lengths 2048 16384   # one cell, two lengths
+    python benchmarks/long_context.py --cells 0.5b@v5p-8 --prompt 512 --lengths 2048 16384  # one cell
 
 For each (model, slice) cell it compiles the actor's `train_step` (rlx/train/update.py) for the
 slice's TPU topology on this CPU host (`rlx.plan_compile`), one response row per chip (a GRPO
@@ -33,20 +33,20 @@ LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)
 PROMPT = 1024
 
 
-def overrides(model: str, topology: str, response: int, extra: list[str]) -> list[str]:
+def overrides(model: str, topology: str, response: int, extra: list[str], prompt: int = PROMPT) -> list[str]:
     chips = 1
     for d in topology.split(":")[1].split("x"):
         chips *= int(d)
     return [f"model.preset={MODELS[model]}", "model.remat=full", "model.dtype=bfloat16",
             "model.param_dtype=float32", "algo.advantage=grpo", f"algo.n={chips}", "algo.kl_coef=0",
             "trainer.prompts_per_step=1", "trainer.mini_batches=1", "trainer.micro_batch_size=0",
-            f"engine.max_prefill_length={PROMPT}", f"engine.max_new_tokens={response}",
-            f"engine.max_cache_len={PROMPT + response}", "mesh.data=1", f"mesh.fsdp={chips}", "mesh.tensor=1",
+            f"engine.max_prefill_length={prompt}", f"engine.max_new_tokens={response}",
+            f"engine.max_cache_len={prompt + response}", "mesh.data=1", f"mesh.fsdp={chips}", "mesh.tensor=1",
             f"plan.topology={topology}", "sft.steps=0", *extra]
 
 
-def measure(model: str, topology: str, response: int, extra: list[str]) -> dict:
-    cfg = load_config(None, overrides(model, topology, response, extra))
+def measure(model: str, topology: str, response: int, extra: list[str], prompt: int = PROMPT) -> dict:
+    cfg = load_config(None, overrides(model, topology, response, extra, prompt))
     c = compile_plan(cfg, only=("actor update",))
     r = c["phases"]["actor update"] | {"hbm": c["hbm_bytes"]}
     return r
@@ -66,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", nargs="*", default=list(CELLS), help="MODEL@SLICE, e.g. 7b@v5p-64")
     ap.add_argument("--lengths", nargs="*", type=int, default=list(LENGTHS), help="response tokens to try")
+    ap.add_argument("--prompt", type=int, default=PROMPT, help="prompt tokens per row")
     ap.add_argument("--all", action="store_true", help="try every length, not only up to the first misfit")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides (e.g. model.attention=splash)")
     args = ap.parse_args()
@@ -76,7 +77,7 @@ def main() -> None:
         model, slice_ = cell.split("@")
         for response in args.lengths:
             t0 = time.perf_counter()
-            r = measure(model, SLICES.get(slice_, slice_), response, args.overrides)
+            r = measure(model, SLICES.get(slice_, slice_), response, args.overrides, args.prompt)
             r.setdefault("seconds", time.perf_counter() - t0)
             print(row(model, slice_, response, r), flush=True)
             if r.get("fits"):
