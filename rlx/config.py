@@ -7,6 +7,7 @@ key and the expected type. Model code never sees this module: it takes a narrow 
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from rlx.typed_tree import ConfigError, build, parse_override, set_dotted, to_di
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("train", "sft", "eval", "serve", "plan", "bench")
+# A TPU slice as libtpu names it: generation, then chips per dimension (v5p:4x4x2).
+TOPOLOGY_NAME = re.compile(r"^(v4|v5e|v5p|v6e):\d+(x\d+){1,2}(_twisted|_untwisted)?$")
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,11 @@ class PlanSection:
     colocated: bool = True
     # Fraction of HBM kept free for XLA's temporaries and fragmentation.
     headroom: float = 0.1
+    # Also compile each phase's real jitted program (rlx.plan_compile) and print XLA's memory.
+    compile: bool = False
+    # TPU slice to compile for, e.g. v5p:4x4x2 (needs `pip install -e '.[tpu]'`); '' = the
+    # local devices. It also sets the device kind and count, overriding device and devices.
+    topology: str = ""
 
 
 @dataclass(frozen=True)
@@ -433,6 +441,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"engine.max_cache_len={cfg.engine.max_cache_len} is smaller than "
                           f"max_prefill_length + the longest response ({longest}) = "
                           f"{cfg.engine.max_prefill_length + longest}; raise it")
+    if cfg.plan.topology and not TOPOLOGY_NAME.match(cfg.plan.topology):
+        raise ConfigError(f"plan.topology='{cfg.plan.topology}' is not a TPU topology name; give "
+                          f"GENERATION:AxBxC, e.g. v5p:2x2x1 (4 chips), v5p:4x4x2 (32 chips), "
+                          f"v5e:16x16 (256 chips), v6e:4x4, v4:2x2x2, or '' for the local devices")
     from rlx.config_checks import check_sections
 
     check_sections(cfg)

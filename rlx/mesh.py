@@ -143,6 +143,13 @@ def current_mesh() -> Any | None:
     return None if mesh.empty else mesh
 
 
+def current_platform() -> str:
+    """The platform being compiled for: that of the mesh set with `jax.set_mesh` (a TPU slice
+    compiled ahead of time on a CPU host included), else JAX's default backend."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def with_logical_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Constrain an activation's sharding by logical names; a no-op unless `jax.set_mesh` is active."""
     mesh = current_mesh()

@@ -33,23 +33,10 @@ DEVICES: dict[str, tuple[float, int]] = {
 TRAIN_ROLES = ("actor", "prm")
 
 
-@dataclasses.dataclass(frozen=True)
-class PlanOptions:
-    """The `plan:` config section (mirrored here so the plan also runs on configs without one)."""
-
-    device: str = "v5p"
-    hbm_gib: float = 0.0  # 0 = the device's HBM from DEVICES
-    devices: int = 0  # devices per mesh; 0 = the product of the mesh axes
-    colocated: bool = True  # every role on one mesh, or each role on its own mesh of this shape
-    headroom: float = 0.1  # fraction of HBM kept free for XLA temporaries and fragmentation
-
-
-def options(cfg) -> PlanOptions:
-    section = getattr(cfg, "plan", None)
-    if section is None:
-        return PlanOptions()
-    return PlanOptions(**{f.name: getattr(section, f.name) for f in dataclasses.fields(PlanOptions)
-                          if hasattr(section, f.name)})
+def topology_devices(name: str) -> tuple[str, int]:
+    """(device kind, chips) of a TPU topology name such as v5p:4x4x2 (one JAX device per chip)."""
+    kind, dims = name.split("_")[0].split(":")
+    return kind, math.prod(int(d) for d in dims.split("x"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +69,10 @@ class RoleMemory:
 
 def model_config(section) -> ModelConfig:
     """The ModelConfig `rlx.build.build_model` would build from the `model:` section."""
-    overrides = {"dtype": section.dtype, "param_dtype": section.param_dtype, "remat": section.remat,
-                 **section.overrides}
+    from rlx.build import model_options
+
+    # The same settings the run builds its model with (attention and logits chunk included).
+    overrides = {"dtype": section.dtype, **model_options(section), **section.overrides}
     try:
         if section.hf_path:
             path = Path(section.hf_path) / "config.json"
@@ -219,16 +208,20 @@ def train_shape(cfg) -> tuple[int, int, int]:
     return micro, seq, mini // micro
 
 
-def plan(cfg, opts: PlanOptions | None = None) -> dict:
-    """The whole plan as a JSON-able dict (bytes per device); `plan_table.format_plan` prints it."""
-    opts = opts or options(cfg)
-    if opts.device not in DEVICES and opts.hbm_gib <= 0:
-        raise ConfigError(f"plan.device='{opts.device}' is unknown; choose one of {', '.join(DEVICES)} "
+def plan(cfg) -> dict:
+    """The whole plan as a JSON-able dict (bytes per device); `plan_table.format_plan` prints it.
+
+    Its options are the config's `plan:` section; `plan.topology` sets the device kind and count.
+    """
+    opts = cfg.plan
+    device, devices = topology_devices(opts.topology) if opts.topology else (opts.device, opts.devices)
+    if device not in DEVICES and opts.hbm_gib <= 0:
+        raise ConfigError(f"plan.device='{device}' is unknown; choose one of {', '.join(DEVICES)} "
                           f"or give plan.hbm_gib")
     if not 0 <= opts.headroom < 1:
         raise ConfigError(f"plan.headroom={opts.headroom} must be in [0, 1)")
-    hbm = (opts.hbm_gib or DEVICES[opts.device][0]) * GIB
-    sizes = resolve_mesh(cfg.mesh, opts.devices)
+    hbm = (opts.hbm_gib or DEVICES[device][0]) * GIB
+    sizes = resolve_mesh(cfg.mesh, devices)
     mesh = abstract_mesh(*sizes)
     m = model_config(cfg.model)
     leaves = param_leaves(m, mesh)
@@ -285,7 +278,7 @@ def plan(cfg, opts: PlanOptions | None = None) -> dict:
         "model": cfg.model.hf_path or cfg.model.preset, "params": n_params,
         "dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat, "algo": cfg.algo.advantage,
         "mesh": dict(zip(rmesh.MESH_AXES, sizes)), "devices": math.prod(sizes),
-        "device": opts.device, "hosts": -(-math.prod(sizes) // DEVICES.get(opts.device, (0, 1))[1]),
+        "device": device, "hosts": -(-math.prod(sizes) // DEVICES.get(device, (0, 1))[1]),
         "hbm_bytes": int(hbm), "usable_bytes": usable, "headroom": opts.headroom,
         "colocated": opts.colocated,
         "train": {"micro_batch": micro, "seq": seq, "micro_batches": n_micro, "rows_per_device": rows},
@@ -331,11 +324,23 @@ def layout_warnings(mesh, micro: int, rows: int, slots: int, slots_dev: int) -> 
 
 
 def run(cfg, **_) -> dict:
-    """Print the plan table and write `plan.json` to the run directory."""
+    """Print the plan table (and, with plan.compile, XLA's figures) and write `plan.json`."""
     from rlx.plan_table import format_plan
 
+    if cfg.plan.compile and not cfg.plan.topology and not cfg.plan.devices:
+        import jax  # compiling for the local devices: plan for as many
+
+        cfg = dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, devices=len(jax.devices())))
     result = plan(cfg)
-    print(format_plan(result))
+    print(format_plan(result), flush=True)
+    if cfg.plan.compile:
+        from rlx.plan_compile import compile_plan, format_compiled
+
+        # The compiled figures are XLA's own, so they decide the verdict.
+        result["compiled"] = compile_plan(cfg, result)
+        result["fits"] = result["compiled"]["fits"]
+        print()
+        print(format_compiled(result["compiled"], result))
     out = Path(cfg.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(json.dumps(result, indent=2) + "\n")

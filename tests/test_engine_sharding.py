@@ -53,3 +53,53 @@ def test_greedy_identical_on_1_and_8_devices():
     assert out["own_mesh_devices"] == 8
     assert out["colocated"] == out["single"]
     assert out["own_mesh"] == out["single"]
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import json
+    import jax
+    import numpy as np
+    from jax.sharding import PartitionSpec
+    from rlx.engine import Engine, EngineConfig
+    from rlx.mesh import make_mesh
+    from rlx.models import from_preset
+
+    assert jax.device_count() == 2, jax.devices()
+    seen = []  # the specs of every constraint that rlx.mesh.with_logical_constraint applies
+    real = jax.lax.with_sharding_constraint
+
+    def recording(x, spec):
+        if isinstance(spec, PartitionSpec):
+            seen.append(str(spec))
+        return real(x, spec)
+
+    jax.lax.with_sharding_constraint = recording
+    engine = Engine(from_preset("tiny", mesh=make_mesh(data=1, fsdp=1, tensor=2)),
+                    EngineConfig(max_concurrent_decodes=2, max_prefill_length=16, max_cache_len=32))
+    prefix = engine.prefill_batch(None, [[1, 2, 3]], jax.random.split(jax.random.key(0), 1), num_samples=2)
+    out = {"prefill": list(seen)}
+    state = engine.insert_rows(prefix, engine.init_decode_state(), [0, 1], [0, 0], [0, 1])
+    seen.clear()
+    engine.generate_steps(None, state, 2)
+    out["generate"] = list(seen)
+    out["hlo"] = engine.lower_prefill(1, 16).as_text()
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_engine_calls_run_under_the_mesh_so_logical_constraints_act():
+    # rlx.mesh.with_logical_constraint is a no-op without `jax.set_mesh`: prefill and generate
+    # must trace under the engine's mesh for the model's activation shardings to apply.
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    out = json.loads(line[len("RESULT"):])
+    # q after rope [batch, seq, heads, head_dim]: the 4 heads split over tensor=2.
+    q_spec = "P(('data', 'fsdp'), None, 'tensor', None)"
+    assert q_spec in out["prefill"], out["prefill"]
+    assert q_spec in out["generate"], out["generate"]
+    assert "sharding_constraint" in out["hlo"] or "@Sharding" in out["hlo"]

@@ -13,7 +13,7 @@ from rlx import models
 from rlx.config import ConfigError, load_config
 from rlx.kernels.policy_loss import token_logprobs
 from rlx.launch import main
-from rlx.plan import PlanOptions, activation_bytes, layer_inventory, plan
+from rlx.plan import activation_bytes, layer_inventory, plan
 
 TINY_PARAMS = 4_196_608  # models/tiny.yaml: V=512 D=256 L=4 H=4 K=2 hd=64 F=1024, untied
 
@@ -29,7 +29,7 @@ def cfg_for(*overrides):
 def test_tiny_float32_on_fsdp2_tensor2():
     # data=1 fsdp=2 tensor=2: every matrix has an fsdp axis (embed) and a tensor axis (vocab,
     # heads, mlp), so each device holds 1/4 of it; the RMSNorm weights (embed only) hold 1/2.
-    p = plan(cfg_for("mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2"), PlanOptions())
+    p = plan(cfg_for("mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2"))
     norms = 4 * 2 * 256 + 256
     per_device = (TINY_PARAMS - norms) // 4 + norms // 2
     actor = p["roles"]["actor"]
@@ -45,7 +45,7 @@ def test_tiny_bf16_on_tensor4_replicates_the_two_kv_heads():
     # tensor=4 does not divide n_kv_heads=2, so wk / wv (and the KV cache) stay whole on every
     # device; embed is not split (fsdp=1); vocab, heads and mlp split 4 ways.
     p = plan(cfg_for("mesh.data=1", "mesh.fsdp=1", "mesh.tensor=4", "model.dtype=bfloat16",
-                     "model.param_dtype=bfloat16"), PlanOptions())
+                     "model.param_dtype=bfloat16"))
     L, D, V, H, K, hd, F = 4, 256, 512, 4, 2, 64, 1024
     per_device = (2 * (V // 4) * D  # embed + lm_head: vocab over tensor
                   + D  # final norm
@@ -61,13 +61,13 @@ def test_tiny_bf16_on_tensor4_replicates_the_two_kv_heads():
 
 
 def test_reference_and_prm_roles_follow_the_algorithm():
-    prime = plan(cfg_for("mesh.data=2", "mesh.fsdp=2", "algo.advantage=prime"), PlanOptions())
+    prime = plan(cfg_for("mesh.data=2", "mesh.fsdp=2", "algo.advantage=prime"))
     assert list(prime["roles"]) == ["actor", "reference", "prm", "engine"]
-    kl = plan(cfg_for("mesh.data=2", "mesh.fsdp=2", "algo.kl_coef=0.01"), PlanOptions())
+    kl = plan(cfg_for("mesh.data=2", "mesh.fsdp=2", "algo.kl_coef=0.01"))
     assert list(kl["roles"]) == ["actor", "reference", "engine"]
     # Colocated: persistent state of all roles + the largest phase.
     assert prime["peak_bytes"] == prime["persistent_bytes"] + max(prime["phases"].values())
-    apart = plan(cfg_for("mesh.data=2", "mesh.fsdp=2", "algo.advantage=prime"), PlanOptions(colocated=False))
+    apart = plan(cfg_for("mesh.data=2", "mesh.fsdp=2", "algo.advantage=prime", "plan.colocated=false"))
     assert apart["devices_total"] == 4 * 4
     assert apart["peak_bytes"] == max(r["total"] for r in apart["roles"].values())
 
@@ -116,7 +116,7 @@ def test_activation_estimate_is_close_to_xla(remat):
 def test_full_size_32b_on_256_devices_is_shapes_only_and_fast():
     t0 = time.perf_counter()
     p = plan(load_config(None, ["model.preset=qwen2.5-32b", "model.dtype=bfloat16", "model.param_dtype=bfloat16",
-                                "mesh.data=2", "mesh.fsdp=32", "mesh.tensor=4"]), PlanOptions(device="v5p"))
+                                "mesh.data=2", "mesh.fsdp=32", "mesh.tensor=4", "plan.device=v5p"]))
     assert time.perf_counter() - t0 < 30
     assert p["params"] == 32_763_876_352 and p["devices"] == 256 and p["hosts"] == 64
     # 32.8B params x (2 bf16 + 8 moments + 4 master) bytes over 128-way param sharding (fsdp x tensor),
@@ -129,17 +129,16 @@ def test_full_size_32b_on_256_devices_is_shapes_only_and_fast():
 
 def test_mesh_errors_name_the_fix():
     with pytest.raises(ConfigError, match="plan.devices"):
-        plan(cfg_for("mesh.data=-1", "mesh.fsdp=2"), PlanOptions())
-    assert plan(cfg_for("mesh.data=-1", "mesh.fsdp=2"), PlanOptions(devices=8))["mesh"]["data"] == 4
+        plan(cfg_for("mesh.data=-1", "mesh.fsdp=2"))
+    assert plan(cfg_for("mesh.data=-1", "mesh.fsdp=2", "plan.devices=8"))["mesh"]["data"] == 4
     with pytest.raises(ConfigError, match="plan.devices=6"):
-        plan(cfg_for("mesh.data=1", "mesh.fsdp=4"), PlanOptions(devices=6))
+        plan(cfg_for("mesh.data=1", "mesh.fsdp=4", "plan.devices=6"))
     with pytest.raises(ConfigError, match="plan.device='tpu9'"):
-        plan(cfg_for("mesh.data=1"), PlanOptions(device="tpu9"))
+        plan(cfg_for("mesh.data=1", "plan.device=tpu9"))
 
 
 def test_uneven_micro_batch_is_flagged():
-    p = plan(cfg_for("mesh.data=1", "mesh.fsdp=4", "trainer.micro_batch_size=2", "trainer.mini_batches=2"),
-             PlanOptions())
+    p = plan(cfg_for("mesh.data=1", "mesh.fsdp=4", "trainer.micro_batch_size=2", "trainer.mini_batches=2"))
     assert p["train"]["rows_per_device"] == 2  # 2 rows cannot split 4 ways: replicated
     assert any("trainer.micro_batch_size" in w for w in p["warnings"])
     assert p["train"]["micro_batches"] == 8

@@ -8,7 +8,8 @@ is the adapter's, `rlx.engine.jetstream_adapter`, built on these.
 One jitted function per hot path, each built once per engine: prefill (per prompt bucket),
 insert, and generate (k steps of a `lax.fori_loop`, per attention bucket). The decode state
 is donated to insert and generate; params are an argument, so `update_params` swaps
-weights without recompiling.
+weights without recompiling. Each runs under `jax.set_mesh(engine.mesh)`, so the model's
+logical-axis constraints (rlx.mesh.with_logical_constraint) act on its activations.
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ class Engine:
             tokens_PxT[i, :len(p)] = p
         true_len_P = np.array([len(p) for p in prompts], np.int32)
         sampler = sampler or self.config.sampling
-        return self._prefill_jit(self._params if params is None else params, tokens_PxT, true_len_P,
-                                 keys_P, sampler.values(), existing_prefix,
-                                 num_samples=num_samples, mode=sampler.mode)
+        with jax.set_mesh(self._mesh):
+            return self._prefill_jit(self._params if params is None else params, tokens_PxT, true_len_P,
+                                     keys_P, sampler.values(), existing_prefix,
+                                     num_samples=num_samples, mode=sampler.mode)
 
     def _prefill_impl(self, params, tokens_PxT, true_len_P, keys_P, values: SamplingValues,
                       existing: Prefix | None, *, num_samples: int, mode) -> Prefix:
@@ -159,7 +161,8 @@ class Engine:
         rows_R = np.asarray(list(rows) + [0] * pad, np.int32)
         samples_R = np.asarray(list(samples) + [0] * pad, np.int32)
         stripped = decode_state.replace(bounds=())
-        new = self._insert_jit(prefix, stripped, slots_R, rows_R, samples_R)
+        with jax.set_mesh(self._mesh):
+            new = self._insert_jit(prefix, stripped, slots_R, rows_R, samples_R)
         # Bound by the prefix's padded length, not its true length: then the attention buckets
         # a rollout walks through depend on the prompt bucket only, and batches of one bucket
         # never compile a new one.
@@ -202,11 +205,19 @@ class Engine:
     def init_decode_state(self, *, sampling: SamplingConfig | None = None, eos_ids: Sequence[int] | None = None,
                           max_new_tokens: int | None = None) -> DecodeState:
         """Empty slots (all done) with a zeroed KV cache on the engine's mesh."""
+        state = self._empty_state(sampling, eos_ids, max_new_tokens)
+        stripped = state.replace(bounds=())
+        if self._state_shardings is None:
+            self._state_shardings = layout.decode_state_shardings(stripped, self._mesh)
+        arrays = hostio.put(stripped, layout.like(self._state_shardings, stripped))
+        return arrays.replace(bounds=state.bounds)
+
+    def _empty_state(self, sampling: SamplingConfig | None, eos_ids, max_new_tokens) -> DecodeState:
         sampling = sampling or self.config.sampling
         eos = tuple(int(e) for e in (self.config.eos_ids if eos_ids is None else eos_ids))
         num_slots = self.config.max_concurrent_decodes
         budget = self.config.max_cache_len if max_new_tokens is None else max_new_tokens
-        state = DecodeState(
+        return DecodeState(
             cache=self._zero_cache(),
             tokens_B=jnp.zeros((num_slots,), jnp.int32),
             pos_B=jnp.zeros((num_slots,), jnp.int32),
@@ -216,11 +227,6 @@ class Engine:
             sampling=sampling.values(),
             max_new_tokens=jnp.asarray(budget, jnp.int32),
             mode=sampling.mode, eos_ids=eos, bounds=(0,) * num_slots)
-        stripped = state.replace(bounds=())
-        if self._state_shardings is None:
-            self._state_shardings = layout.decode_state_shardings(stripped, self._mesh)
-        arrays = hostio.put(stripped, layout.like(self._state_shardings, stripped))
-        return arrays.replace(bounds=state.bounds)
 
     def generate_steps(self, params, decode_state: DecodeState, num_steps: int,
                        sampler: SamplingConfig | None = None) -> tuple[DecodeState, ResultTokens]:
@@ -229,9 +235,10 @@ class Engine:
             decode_state = decode_state.replace(sampling=sampler.values(), mode=sampler.mode)
         need = max(decode_state.bounds) + num_steps - 1
         attend_len = pick_bucket(self.config.attend_buckets, min(need, self.config.max_cache_len))
-        new, result = self._generate_jit(self._params if params is None else params,
-                                         decode_state.replace(bounds=()),
-                                         num_steps=num_steps, attend_len=attend_len)
+        with jax.set_mesh(self._mesh):
+            new, result = self._generate_jit(self._params if params is None else params,
+                                             decode_state.replace(bounds=()),
+                                             num_steps=num_steps, attend_len=attend_len)
         cap = self.config.max_cache_len
         bounds = tuple(min(b + num_steps, cap) if b else 0 for b in decode_state.bounds)
         return new.replace(bounds=bounds), result
@@ -262,3 +269,31 @@ class Engine:
         state, tokens_BxK, valid_BxK, logprobs_BxK = jax.lax.fori_loop(0, num_steps, step, carry)
         state = jax.lax.with_sharding_constraint(state, layout.like(self._state_shardings, state))
         return state, ResultTokens.pack(tokens_BxK, valid_BxK, state.lengths_B, logprobs_BxK)
+
+    # ---- ahead-of-time lowering (rlx.plan_compile) ------------------------------------------
+
+    def lower_prefill(self, num_prompts: int, bucket: int, num_samples: int = 1,
+                      sampler: SamplingConfig | None = None) -> jax.stages.Lowered:
+        """The prefill program for `num_prompts` prompts padded to `bucket`, on abstract inputs:
+        with an abstract model (`models.abstract_model`) nothing is allocated."""
+        sampler = sampler or self.config.sampling
+        keys_P = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), num_prompts))
+        values = jax.eval_shape(sampler.values)  # no arrays: the mesh's devices may be compile-only
+        with jax.set_mesh(self._mesh):
+            return self._prefill_jit.lower(
+                self._params, jax.ShapeDtypeStruct((num_prompts, bucket), jnp.int32),
+                jax.ShapeDtypeStruct((num_prompts,), jnp.int32), keys_P, values, None,
+                num_samples=num_samples, mode=sampler.mode)
+
+    def lower_generate(self, num_steps: int, attend_len: int,
+                       sampling: SamplingConfig | None = None) -> jax.stages.Lowered:
+        """The generate program (`num_steps` decode steps reading `attend_len` cache rows) on an
+        abstract decode state with the shardings `init_decode_state` gives the real one."""
+        state = jax.eval_shape(lambda: self._empty_state(sampling, None, None).replace(bounds=()))
+        if self._state_shardings is None:
+            self._state_shardings = layout.decode_state_shardings(state, self._mesh)
+        state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                             state, layout.like(self._state_shardings, state))
+        with jax.set_mesh(self._mesh):
+            return self._generate_jit.lower(self._params, state, num_steps=num_steps, attend_len=attend_len)
+

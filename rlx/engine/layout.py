@@ -26,7 +26,13 @@ def mesh_of(params) -> Mesh:
 
 
 def place_params(params, mesh: Mesh):
-    """Params on `mesh`: untouched if already there, else re-sharded by their logical axes."""
+    """Params on `mesh`: untouched if already there, else re-sharded by their logical axes.
+
+    Abstract params (`jax.ShapeDtypeStruct`s, for ahead-of-time lowering) get the shardings only.
+    """
+    if all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            params, rmesh.state_shardings(params, mesh))
     on_mesh = all(isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh
                   for x in jax.tree.leaves(params))
     return params if on_mesh else hostio.transfer(params, rmesh.state_shardings(params, mesh))

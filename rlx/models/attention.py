@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rlx.mesh import current_platform
+
 # A finite "minus infinity": a query row with no visible key (a padding token) then gets a
 # uniform softmax instead of NaNs, and NaNs never reach the gradients of real tokens.
 _MASKED = -1e30
@@ -47,7 +49,7 @@ def _cudnn_fits(dtype, head_dim: int) -> bool:
 
 def resolve_attention(name: str, dtype, head_dim: int) -> str:
     """`auto` -> splash on TPU, cudnn on GPU when the shapes fit, else xla; checks an explicit choice."""
-    backend = jax.default_backend()
+    backend = current_platform()  # the mesh's: a TPU slice compiled on a CPU host picks splash
     if name == "auto":
         if backend == "tpu":
             return "splash"
@@ -69,7 +71,7 @@ def sequence_attention(impl: str, attention_mask_BxT: jax.Array | None, batch: i
     if impl == "splash":
         from rlx.models.splash import splash_attention
 
-        interpret = jax.default_backend() != "tpu"  # Pallas interpret mode: tests on CPU
+        interpret = current_platform() != "tpu"  # Pallas interpret mode: tests on CPU
         return lambda q, k, v: splash_attention(q, k, v, attention_mask_BxT, interpret=interpret)
     if impl not in ("xla", "cudnn"):
         raise ValueError(f"model.attention={impl!r} is not one of auto, xla, cudnn, splash")

@@ -7,6 +7,7 @@ the arith task, or `data.response_field` of a jsonl / parquet set -- then the mo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from rlx.train import batch as layout
 from rlx.train.optim import adamw, init_state
@@ -61,6 +63,9 @@ def train_sft(model: nnx.Module, examples: list[SFTExample], *, steps: int, batc
     params = jax.tree.map(jnp.copy, params)
     optimizer = adamw(lr, steps, warmup_steps=warmup_steps, grad_clip=1.0)
     opt_state = init_state(optimizer, params)
+    # Under the params' mesh, so the model's logical-axis constraints act on the activations.
+    sharding = jax.tree.leaves(params)[0].sharding
+    mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
     rng = random.Random(seed)
     order: list[int] = []
     losses = []
@@ -72,7 +77,8 @@ def train_sft(model: nnx.Module, examples: list[SFTExample], *, steps: int, batc
         chosen = [examples[i] for i in order[:batch_size]]
         del order[:batch_size]
         batch = jax.tree.map(jnp.asarray, make_batch(chosen, prompt_width, response_width))
-        params, opt_state, loss = sft_step(graphdef, optimizer, params, opt_state, batch)
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            params, opt_state, loss = sft_step(graphdef, optimizer, params, opt_state, batch)
         losses.append(loss)
         if progress is not None:
             progress.update({"sft/loss": float(loss)} if step % 10 == 0 else {})
