@@ -31,7 +31,7 @@ from rlx import mesh as rmesh
 from rlx import models
 from rlx.config import ConfigError
 from rlx.plan import DEVICES, GIB, model_config, resolve_mesh, roles_of, topology_devices
-from rlx.train.optim import adamw
+from rlx.train.optim import actor_optimizer, adamw, prm_optimizer
 
 TPU_EXTRA = "pip install -e '.[tpu]'"
 OOM_TEMPORARIES = re.compile(r"memory required for HLO temporaries \(([\d.]+)([KMGT])\)")
@@ -155,14 +155,6 @@ def batch_shape(cfg) -> dict:
             "mini": mini, "micro": micro, "micro_batches": mini // micro}
 
 
-def actor_optimizer(cfg):
-    """The optimizer RLTrainer builds (its state's layout is what the update carries)."""
-    o, t = cfg.optim, cfg.trainer
-    return adamw(o.lr, t.steps * t.mini_batches * t.epochs, warmup_steps=o.warmup_steps, schedule=o.schedule,
-                 min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                 grad_clip=o.grad_clip)
-
-
 def phases(cfg, mesh: Mesh) -> list[Phase]:
     """The programs a run of this config compiles, each with its abstract inputs."""
     from rlx.engine.engine import Engine
@@ -196,8 +188,11 @@ def phases(cfg, mesh: Mesh) -> list[Phase]:
     shape_of = lambda n, micro=None: (f"{n} rows x {b['seq']} tokens" +  # noqa: E731
                                       (f", {micro} micro-batches" if micro and micro > 1 else ""))
     out = []
-    scored = batch(b["step_rows"])
-    out.append(Phase("actor scoring", shape_of(b["step_rows"]),
+    # The trainer scores a step micro-batch by micro-batch (RLTrainer.score_rows): one program.
+    scored = batch(b["micro"])
+    calls = b["step_rows"] // b["micro"]
+    scoring = f"{b['micro']} rows x {b['seq']} tokens" + (f", {calls} calls a step" if calls > 1 else "")
+    out.append(Phase("actor scoring", scoring,
                      lambda: score_with_entropy.lower(graphdef, params, scored, temperature), p_bytes))
     mini = batch(b["mini"], old_logp=(resp, f32), adv=(resp, f32), ref_logp=(resp, f32))
     out.append(Phase("actor update", shape_of(b["mini"], b["micro_batches"]),
@@ -205,12 +200,11 @@ def phases(cfg, mesh: Mesh) -> list[Phase]:
                                               scalar(mesh), temperature), p_bytes + o_bytes))
     roles = roles_of(cfg)
     if "reference" in roles:
-        out.append(Phase("reference scoring", shape_of(b["step_rows"]),
+        out.append(Phase("reference scoring", scoring,
                          lambda: score.lower(graphdef, params, scored, temperature), p_bytes))
     if get_objective(cfg.algo.advantage).prm(cfg) == "implicit":  # a trained PRM (ImplicitPRM)
         p = cfg.prime
-        prm_opt = adamw(p.prm_lr, max(cfg.trainer.steps * cfg.trainer.mini_batches, 1), schedule="constant",
-                        weight_decay=p.prm_weight_decay, grad_clip=p.prm_grad_clip)
+        prm_opt = prm_optimizer(cfg)
         prm_state = abstract_opt_state(prm_opt, params, mesh)
         prm_batch = batch(b["mini"], acc=((), f32), row_mask=((), f32), prm_ref_logp=(resp, f32))
         prm_spec = PrmSpec(beta=p.beta, micro_batches=b["micro_batches"])

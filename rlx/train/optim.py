@@ -48,3 +48,18 @@ def init_state(optimizer: optax.GradientTransformation, params):
     on_mesh = NamedSharding(sharding.mesh, PartitionSpec())
     return jax.tree.map(lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
                         else jax.device_put(x, on_mesh), state)
+
+
+def actor_optimizer(cfg) -> optax.GradientTransformation:
+    """The actor's AdamW for an RL run: `optim` section, one schedule step per optimizer update."""
+    o, t = cfg.optim, cfg.trainer
+    return adamw(o.lr, t.steps * t.mini_batches * t.epochs, warmup_steps=o.warmup_updates, schedule=o.schedule,
+                 min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+                 grad_clip=o.grad_clip)
+
+
+def prm_optimizer(cfg) -> optax.GradientTransformation:
+    """The implicit PRM's AdamW: `prime` section, constant schedule (PRIME's recipe)."""
+    p = cfg.prime
+    return adamw(p.prm_lr, max(cfg.trainer.steps * cfg.trainer.mini_batches, 1), schedule="constant",
+                 weight_decay=p.prm_weight_decay, grad_clip=p.prm_grad_clip)

@@ -36,7 +36,7 @@ from rlx import hostio
 from rlx.config import Config, ConfigError
 from rlx.kernels.prime import implicit_q, prm_bce_loss
 from rlx.train import batch as layout
-from rlx.train.optim import adamw, init_state
+from rlx.train.optim import init_state, prm_optimizer
 from rlx.train.placement import copy_to
 from rlx.train.update import score, score_logprobs, score_rows
 
@@ -114,8 +114,7 @@ class ImplicitPRM:
         self.ref_params = None
         if p.reference == "sft":
             self.ref_params = reference if reference is not None else copy_to(start_params, mesh)
-        self.optimizer = adamw(p.prm_lr, max(cfg.trainer.steps * cfg.trainer.mini_batches, 1),
-                               schedule="constant", weight_decay=p.prm_weight_decay, grad_clip=p.prm_grad_clip)
+        self.optimizer = prm_optimizer(cfg)
         self.spec = PrmSpec(beta=p.beta, micro_batches=micro_batches)
 
     def init_state(self) -> dict:

@@ -38,7 +38,7 @@ from rlx.train import batch as layout
 from rlx.train import placement
 from rlx.train.batch import StepBatch, assemble
 from rlx.train.objectives import AdvantageInputs, get_objective
-from rlx.train.optim import adamw, init_state
+from rlx.train.optim import actor_optimizer, init_state
 from rlx.train.prm import build_prm
 from rlx.train.rewards import RewardScorer
 from rlx.train.shaping import length_at, observe_length, shape_scores
@@ -77,10 +77,8 @@ class RLTrainer:
         # inputs, so the state owns a separate copy.
         actor = placement.copy_to(params, self.meshes.actor)
         self.ref_params = placement.copy_to(params, self.meshes.reference) if cfg.algo.kl_coef > 0 else None
-        o, t = cfg.optim, cfg.trainer
-        self.optimizer = adamw(o.lr, t.steps * t.mini_batches * t.epochs, warmup_steps=o.warmup_updates,
-                               schedule=o.schedule, min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay,
-                               b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip)
+        t = cfg.trainer
+        self.optimizer = actor_optimizer(cfg)
         self.micro_batches = micro_batches(cfg)
         # Scoring passes take a micro-batch of rows at a time, as the update does: at long
         # contexts one program over the whole step would need many times the update's memory.
