@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from typing import Any
@@ -142,3 +143,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def load_attribute(path: str, key: str) -> Any:
+    """A config value that names code, `module:attribute` -> the attribute (an estimator, a
+    reward, a judge), with an error naming `key` and what went wrong."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{key}={path!r}: name it as 'module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{key}={path}: cannot import {module_name!r} ({e}); is it on PYTHONPATH "
+                          "(the working directory counts)?") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"{key}={path}: module {module_name!r} has no attribute {attr!r}")
+    return getattr(module, attr)

@@ -36,13 +36,11 @@ GROUP_REWARDS = frozenset({"empo"})
 
 def resolve_reward(name: str) -> Callable:
     """A built-in reward by name, or `module:function` imported; errors name the fix."""
-    from rlx.typed_tree import ConfigError
+    from rlx.typed_tree import ConfigError, load_attribute
 
     if name in REWARD_FNS:
         return REWARD_FNS[name]
     if ":" in name:
-        from rlx.train.objectives import load_attribute
-
         fn = load_attribute(name, "rewards.fns name")
         if not callable(fn):
             raise ConfigError(f"rewards.fns name {name} is not a function")

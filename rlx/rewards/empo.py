@@ -17,10 +17,10 @@ its module imports JAX) -- tests/test_empo_loop.py checks the two agree.
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Sequence
 
 from rlx.rewards import math as math_reward
+from rlx.typed_tree import load_attribute
 
 EQUIVALENCES = ("math", "exact")
 
@@ -43,15 +43,10 @@ def same_answer(equivalence: str, *, timeout: float = 2.0) -> Callable[[str, str
 
 def load_judge(spec: str) -> Callable[[str, str], bool]:
     """`module:function`, a judge(a, b) -> bool for free-form answers."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
+    if ":" not in spec:
         raise ValueError(f"rewards.empo.equivalence={spec!r}: use one of {EQUIVALENCES} or "
                          "'module:function' naming a judge(a, b) -> bool")
-    try:
-        judge = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"rewards.empo.equivalence={spec!r} cannot be loaded ({e}); the judge must "
-                         "be a module-level function of a module on the Python path") from None
+    judge = load_attribute(spec, "rewards.empo.equivalence")  # a ConfigError, itself a ValueError
     if not callable(judge):
         raise ValueError(f"rewards.empo.equivalence={spec!r} is not callable")
     return judge

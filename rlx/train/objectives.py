@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from rlx.typed_tree import ConfigError
+from rlx.typed_tree import ConfigError, load_attribute
 
 if TYPE_CHECKING:
     from rlx.config import Config
@@ -78,6 +78,8 @@ class Objective:
     # Rows that stay in the loss, (inputs) -> bool per row; None = all. Rows outside leave the
     # batch: no loss, no entropy bonus, and no place in a token-mean denominator.
     loss_rows: Callable[[AdvantageInputs], np.ndarray] | None = None
+    # Takes its settings from `algo.options` (your own estimators) rather than named keys.
+    reads_options: bool = False
 
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -128,7 +130,8 @@ def estimator_objective(fn: Callable, name: str, hyper: Callable[[Config], dict]
                               "add the KL to its rewards; set algo.kl_in_reward=false (KL as a loss term)")
         _check_options(fn, name, hyper(cfg), params)
 
-    return Objective(name, advantages, check=check, kl_in_reward=takes_tokens, loss_rows=loss_rows)
+    return Objective(name, advantages, check=check, kl_in_reward=takes_tokens, loss_rows=loss_rows,
+                     reads_options=hyper is _options)
 
 
 def register_estimator(name: str | None = None, *, hyper: Callable[[Config], dict] | None = None):
@@ -186,19 +189,6 @@ def get_objective(name: str) -> Objective:
         raise ConfigError(f"algo.advantage={name} is neither an Objective nor a function")
     raise ConfigError(f"algo.advantage='{name}' is not an objective; choose one of "
                       f"{', '.join(objective_names())}, or name your own as module:function")
-
-
-def load_attribute(path: str, key: str) -> Any:
-    """`module:attribute` -> the attribute, with an error naming `key` and what went wrong."""
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"{key}={path}: cannot import {module_name!r} ({e}); is it on PYTHONPATH "
-                          "(the working directory counts)?") from None
-    if not hasattr(module, attr):
-        raise ConfigError(f"{key}={path}: module {module_name!r} has no attribute {attr!r}")
-    return getattr(module, attr)
 
 
 # -- the built-in outcome estimators -----------------------------------------------------------
