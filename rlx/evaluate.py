@@ -211,7 +211,7 @@ class EngineGenerator:
         from rlx.engine import SamplingConfig
         from rlx.generate import generate
 
-        sampling = SamplingConfig(temperature=temperature, **(self.filters if temperature > 0 else {}))
+        sampling = SamplingConfig(temperature=temperature, **self.filters)  # greedy ignores the filters
         gen = generate(self.engine, self.tokenizer, [self.prompter.encode(p) for p in prompts], n=n,
                        max_new_tokens=self.max_new_tokens, sampling=sampling, seed=seed, stop=self.stop)
         lengths = gen.rollouts.response_mask.sum(axis=1)

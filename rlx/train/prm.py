@@ -129,13 +129,15 @@ class ImplicitPRM:
         with jax.set_mesh(self.mesh):
             device = _device_batch(batch, mask_BxR, self.mesh)
             if p.reference == "sft":
-                prm_ref = score_rows(score, self.graphdef, self.ref_params, device, PRM_TEMPERATURE, self.mesh, rows)
+                prm_ref = score_rows(score, self.graphdef, self.ref_params, device, PRM_TEMPERATURE, self.mesh, rows,
+                                     mask_BxR)
             else:
                 prm_ref = np.asarray(old_logp_BxR, np.float32)
             device["prm_ref_logp"] = hostio.put_rows(np.asarray(prm_ref, np.float32), self.mesh)
             state, logp, metrics = self._update(state, device)
             if p.update == "before":
-                logp = score_rows(score, self.graphdef, state["params"], device, PRM_TEMPERATURE, self.mesh, rows)
+                logp = score_rows(score, self.graphdef, state["params"], device, PRM_TEMPERATURE, self.mesh, rows,
+                                  mask_BxR)
         logp, prm_ref = np.asarray(hostio.get(logp)), np.asarray(prm_ref)  # the rest runs on each host's copy
         acc = np.asarray(batch.correct, np.float32)
         real = (batch.group_ids >= 0) & ~np.isnan(acc)

@@ -24,11 +24,10 @@ def heldout_accuracy(trainer: RLTrainer, records: list[dict], *, temperature: fl
     the rollout's filters; through the same prompts, engine, decoding and verifier as training."""
     if not records:
         return float("nan")
-    sampling = trainer.sampling(temperature)
-    if temperature == 0:
-        sampling = type(sampling)(temperature=0.0)
+    # Temperature 0 is greedy: the sampler's mode then ignores top-k / top-p / min-p.
     gen = generate(trainer.engine, trainer.tokenizer, trainer.task.prompter.records(records), n=1,
-                   max_new_tokens=trainer.max_new_tokens(), sampling=sampling, seed=seed, stop=trainer.stop)
+                   max_new_tokens=trainer.max_new_tokens(), sampling=trainer.sampling(temperature), seed=seed,
+                   stop=trainer.stop)
     _, correct, _, _ = trainer.rewards([records[g] for g in gen.rollouts.group_ids], gen.texts)
     return float(np.mean(correct))
 

@@ -257,7 +257,7 @@ class RLTrainer:
         with jax.set_mesh(mesh):
             device = hostio.put_rows(host, mesh)
             logp, entropy = score_rows(score_with_entropy, self.graphdef, state.params, device, temperature, mesh,
-                                       self.score_rows)
+                                       self.score_rows, batch.response_mask)
         recompute = self.cfg.algo.recompute_old_logprobs or sampling_config(self.cfg, state.temperature).truncates
         old_logp = np.asarray(logp if recompute else batch.logprobs, np.float32)
         ref_logp = None
@@ -265,7 +265,7 @@ class RLTrainer:
             mesh = self.meshes.reference
             with jax.set_mesh(mesh):
                 ref_logp = np.asarray(score_rows(score, self.graphdef, self.ref_params, hostio.put_rows(host, mesh),
-                                                 temperature, mesh, self.score_rows), np.float32)
+                                                 temperature, mesh, self.score_rows, batch.response_mask), np.float32)
         return device, old_logp, ref_logp, float(entropy)
 
     # -- update ---------------------------------------------------------------------------------

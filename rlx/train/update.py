@@ -127,28 +127,22 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, spec: LossSpec
     return params, opt_state, metrics
 
 
-def score_rows(fn, graphdef, params, device: dict, temperature, mesh, rows_per_call: int):
+def score_rows(fn, graphdef, params, device: dict, temperature, mesh, rows_per_call: int, mask_BxR):
     """`fn` (`score` or `score_with_entropy`) over the batch's rows `rows_per_call` at a time, so
     a long-context step's scoring holds one micro-batch's activations, as its update does.
 
-    Returns what `fn` returns for the whole batch: log-probs [B, R] (host), and for
-    `score_with_entropy` the token-weighted mean entropy.
+    Returns, on the host, what `fn` returns for the whole batch: log-probs [B, R], and for
+    `score_with_entropy` the mean entropy over the response tokens (`mask_BxR`, host).
     """
     from rlx import hostio
 
-    rows = device["ids"].shape[0]
+    rows = len(mask_BxR)
     if rows_per_call >= rows:
-        out = fn(graphdef, params, device, temperature)
-        return hostio.get(out)
-    logps, weighted, tokens = [], 0.0, 0.0
-    mask = hostio.get(device["response_mask"])
-    for start in range(0, rows, rows_per_call):
-        idx = np.arange(start, min(start + rows_per_call, rows))
-        out = hostio.get(fn(graphdef, params, hostio.take_rows(device, idx, mesh), temperature))
-        if isinstance(out, tuple):
-            count = float(mask[idx].sum())
-            weighted, tokens = weighted + float(out[1]) * count, tokens + count
-            out = out[0]
-        logps.append(np.asarray(out))
-    logp = np.concatenate(logps)
-    return (logp, weighted / max(tokens, 1.0)) if fn is score_with_entropy else logp
+        return hostio.get(fn(graphdef, params, device, temperature))
+    chunks = [np.arange(start, min(start + rows_per_call, rows)) for start in range(0, rows, rows_per_call)]
+    outs = [hostio.get(fn(graphdef, params, hostio.take_rows(device, idx, mesh), temperature)) for idx in chunks]
+    if not isinstance(outs[0], tuple):
+        return np.concatenate(outs)
+    tokens = [float(np.sum(mask_BxR[idx])) for idx in chunks]
+    entropy = sum(float(h) * n for (_, h), n in zip(outs, tokens)) / max(sum(tokens), 1.0)
+    return np.concatenate([logp for logp, _ in outs]), entropy
