@@ -405,46 +405,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    if cfg.run.kind not in KINDS:
-        raise ConfigError(f"run.kind='{cfg.run.kind}' is not a job kind; choose one of {', '.join(KINDS)}")
-    positive = {"algo.n": cfg.algo.n, "trainer.prompts_per_step": cfg.trainer.prompts_per_step,
-                "trainer.mini_batches": cfg.trainer.mini_batches, "trainer.epochs": cfg.trainer.epochs,
-                "engine.max_new_tokens": cfg.engine.max_new_tokens,
-                "engine.max_concurrent_decodes": cfg.engine.max_concurrent_decodes}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
-    if cfg.trainer.steps < 0:
-        raise ConfigError(f"trainer.steps={cfg.trainer.steps} must be >= 0")
-    if cfg.engine.temperature < 0:
-        raise ConfigError(f"engine.temperature={cfg.engine.temperature} must be >= 0 (0 = greedy)")
-    if not 0 < cfg.engine.top_p <= 1:
-        raise ConfigError(f"engine.top_p={cfg.engine.top_p} must be in (0, 1]")
-    batch = cfg.trainer.prompts_per_step * cfg.algo.n
-    if batch % cfg.trainer.mini_batches:
-        raise ConfigError(f"trainer.prompts_per_step * algo.n = {batch} responses do not split into "
-                          f"trainer.mini_batches={cfg.trainer.mini_batches} equal mini-batches")
-    if cfg.trainer.micro_batch_size and (batch // cfg.trainer.mini_batches) % cfg.trainer.micro_batch_size:
-        raise ConfigError(f"mini-batch of {batch // cfg.trainer.mini_batches} responses is not a multiple "
-                          f"of trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
-    m = cfg.mesh
-    if m.roles not in ("colocated", "disaggregated"):
-        raise ConfigError(f"mesh.roles='{m.roles}' is not one of colocated, disaggregated")
-    for role in ("engine", "reference", "prm"):
-        n = getattr(m, role).devices
-        if n < 0 or (n and m.roles == "colocated"):
-            raise ConfigError(f"mesh.{role}.devices={n}: set it to 0 (the actor's mesh), or give the {role} "
-                              f"its own devices with mesh.roles=disaggregated")
-    longest = max((cfg.engine.max_new_tokens, *cfg.campo.max_lengths))
-    if cfg.engine.max_prefill_length + longest > cfg.engine.max_cache_len:
-        raise ConfigError(f"engine.max_cache_len={cfg.engine.max_cache_len} is smaller than "
-                          f"max_prefill_length + the longest response ({longest}) = "
-                          f"{cfg.engine.max_prefill_length + longest}; raise it")
-    if cfg.plan.topology and not TOPOLOGY_NAME.match(cfg.plan.topology):
-        raise ConfigError(f"plan.topology='{cfg.plan.topology}' is not a TPU topology name; give "
-                          f"GENERATION:AxBxC, e.g. v5p:2x2x1 (4 chips), v5p:4x4x2 (32 chips), "
-                          f"v5e:16x16 (256 chips), v6e:4x4, v4:2x2x2, or '' for the local devices")
+    """Every value against the registries the run uses, and the cross-field checks a type alone
+    cannot express (rlx.config_checks)."""
     from rlx.config_checks import check_sections
 
     check_sections(cfg)
