@@ -40,15 +40,20 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_greedy_identical_on_1_and_8_devices():
+def _run(script: str, devices: int) -> dict:
+    """`script` in a fresh process with `devices` emulated CPU devices: the dict it prints."""
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    out = json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT"):])
+
+
+def test_greedy_identical_on_1_and_8_devices():
+    out = _run(SCRIPT, devices=8)
     assert "data" in out["cache_spec"] and "tensor" in out["cache_spec"], out["cache_spec"]
     assert out["own_mesh_devices"] == 8
     assert out["colocated"] == out["single"]
@@ -90,14 +95,7 @@ MESH_SCRIPT = textwrap.dedent("""
 def test_engine_calls_run_under_the_mesh_so_logical_constraints_act():
     # rlx.mesh.with_logical_constraint is a no-op without `jax.set_mesh`: prefill and generate
     # must trace under the engine's mesh for the model's activation shardings to apply.
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    out = json.loads(line[len("RESULT"):])
+    out = _run(MESH_SCRIPT, devices=2)
     # q after rope [batch, seq, heads, head_dim]: the 4 heads split over tensor=2.
     q_spec = "P(('data', 'fsdp'), None, 'tensor', None)"
     assert q_spec in out["prefill"], out["prefill"]

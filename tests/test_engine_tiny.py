@@ -1,6 +1,7 @@
 """The engine on the real `tiny` model: greedy parity with full recomputation, slot reuse,
 and no recompilation across batches or weight updates."""
 
+import contextlib
 import logging
 
 import jax
@@ -60,22 +61,28 @@ class _CompileCounter(logging.Handler):
             self.messages.append(record.getMessage())
 
 
-def test_no_recompilation_after_warmup_or_update_params(model, engine):
-    kwargs = dict(n=2, max_new_tokens=9, temperature=0.8, top_p=0.95, engine=engine)
-    rollout(None, _prompts(6, seed=10, lo=17, hi=32), seed=1, **kwargs)  # warm-up, bucket 32
-    new_params = jax.tree.map(lambda x: x * 1.5, nnx.state(model))
+@contextlib.contextmanager
+def compile_log():
+    """The messages of every compilation inside the block (empty: nothing compiled)."""
     counter = _CompileCounter()
     logger = logging.getLogger("jax")
     logger.addHandler(counter)
     try:
         with jax.log_compiles(True):
-            first = rollout(None, _prompts(6, seed=11, lo=17, hi=32), seed=2, **kwargs)
-            engine.update_params(new_params)
-            second = rollout(None, _prompts(6, seed=11, lo=17, hi=32), seed=2,
-                             **{**kwargs, "temperature": 0.6})
+            yield counter.messages
     finally:
         logger.removeHandler(counter)
-    assert not counter.messages, counter.messages  # nothing at all compiles, engine or driver
+
+
+def test_no_recompilation_after_warmup_or_update_params(model, engine):
+    kwargs = dict(n=2, max_new_tokens=9, temperature=0.8, top_p=0.95, engine=engine)
+    rollout(None, _prompts(6, seed=10, lo=17, hi=32), seed=1, **kwargs)  # warm-up, bucket 32
+    new_params = jax.tree.map(lambda x: x * 1.5, nnx.state(model))
+    with compile_log() as compiled:
+        first = rollout(None, _prompts(6, seed=11, lo=17, hi=32), seed=2, **kwargs)
+        engine.update_params(new_params)
+        second = rollout(None, _prompts(6, seed=11, lo=17, hi=32), seed=2, **{**kwargs, "temperature": 0.6})
+    assert not compiled, compiled  # nothing at all compiles, engine or driver
     assert (first.response_ids != second.response_ids).any()  # the new weights are in use
 
 
@@ -86,18 +93,12 @@ def test_the_convenience_rollout_reuses_its_engine_and_sees_weight_updates():
     ENGINES.clear()
     kwargs = dict(n=4, temperature=0.8, seed=3)
     rollout(model, _prompts(3, seed=20, lo=5, hi=16), max_new_tokens=9, **kwargs)  # builds and compiles
-    counter = _CompileCounter()
-    logger = logging.getLogger("jax")
-    logger.addHandler(counter)
-    try:
-        with jax.log_compiles(True):
-            # Other prompts of the same bucket, and a nearby length in the same power-of-two bucket.
-            first = rollout(model, _prompts(3, seed=21, lo=5, hi=16), max_new_tokens=12, **kwargs)
-            state = nnx.state(model, nnx.Param)
-            nnx.update(model, jax.tree.map(lambda x: x * 1.5, state))
-            second = rollout(model, _prompts(3, seed=21, lo=5, hi=16), max_new_tokens=12, **kwargs)
-    finally:
-        logger.removeHandler(counter)
-    assert not counter.messages, counter.messages
+    with compile_log() as compiled:
+        # Other prompts of the same bucket, and a nearby length in the same power-of-two bucket.
+        first = rollout(model, _prompts(3, seed=21, lo=5, hi=16), max_new_tokens=12, **kwargs)
+        state = nnx.state(model, nnx.Param)
+        nnx.update(model, jax.tree.map(lambda x: x * 1.5, state))
+        second = rollout(model, _prompts(3, seed=21, lo=5, hi=16), max_new_tokens=12, **kwargs)
+    assert not compiled, compiled
     assert (first.response_ids != second.response_ids).any()  # the updated weights were sampled
     assert first.response_ids.shape[1] == 12

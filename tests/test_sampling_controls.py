@@ -2,9 +2,6 @@
 temperature does not recompile, resume restores the controls, CAMPO shapes the scores and the
 length stages set the rollout's maximum length."""
 
-import logging
-
-import jax
 import numpy as np
 import pytest
 
@@ -16,7 +13,7 @@ from rlx.train.shaping import length_at, observe_length, shape_scores
 from rlx.train.task import build_task
 from rlx.train.trainer import RLTrainer
 
-from test_engine_tiny import _CompileCounter
+from test_engine_tiny import compile_log
 from test_rl_loop import SMALL, assert_same_state, interrupted
 
 
@@ -56,17 +53,11 @@ def test_moving_temperature_does_not_recompile(task):
                               "engine.max_temperature=50"])
     trainer.step()
     t1 = trainer.state.temperature
-    compiled = _CompileCounter()
-    logger = logging.getLogger("jax")
-    logger.addHandler(compiled)
-    try:
-        with jax.log_compiles(True):
-            trainer.step()
-            trainer.step()
-    finally:
-        logger.removeHandler(compiled)
+    with compile_log() as compiled:
+        trainer.step()
+        trainer.step()
     assert trainer.state.temperature != t1
-    assert not [m for m in compiled.messages if "train_step" in m or "score" in m], compiled.messages
+    assert not [m for m in compiled if "train_step" in m or "score" in m], compiled
 
 
 def test_resume_restores_temperature_and_length_stage(task, tmp_path):
