@@ -260,8 +260,9 @@ class PureSection:
     baseline: str = "step"
     # Verifiable reward VR = correct - 1 in {-1, 0}, RLOO-centred, added at EOS times vr_coef.
     vr_coef: float = 1.0
-    # PURE's code zeroes the returns on step-end tokens before whitening.
-    zero_step_ends: bool = False
+    # PURE's code (its default; --nomask_separator_adv turns it off) gives the step-end tokens
+    # advantage 0 and leaves them out of the whitening's mean (rlx.kernels.pure.pure_whiten).
+    zero_step_ends: bool = True
 
 
 @dataclass(frozen=True)

@@ -351,7 +351,21 @@ def pure_advantages(step_rewards, step_ends, vr, mask, group_ids, vr_coef=1.0,
             returns[b, t] = run
     if zero_step_ends:
         returns = returns * (1 - ends)
-    return masked_whiten(returns, m) * m, returns * m
+    return pure_whiten(returns, m, ends if zero_step_ends else None), returns * m
+
+
+def pure_whiten(x, mask, step_ends=None):
+    """PURE's replay-buffer normalisation: population variance; with zeroed step ends, those
+    tokens leave the count and the mean but their squared deviation stays in the variance sum."""
+    x = np.asarray(x, np.float64)
+    m = np.asarray(mask, np.float64)
+    counted = m if step_ends is None else m * (1 - np.asarray(step_ends, np.float64))
+    n = counted.sum()
+    if n == 0:
+        return np.zeros_like(x)
+    mu = (x * counted).sum() / n
+    var = ((x - mu) ** 2 * m).sum() / n
+    return (x - mu) / np.sqrt(max(var, 1e-8)) * counted
 
 
 # ----------------------------------------------------------------------------- section 7

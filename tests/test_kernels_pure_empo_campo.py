@@ -234,3 +234,23 @@ def test_pure_token_baseline_worked_example():
     _, ref_ret = ref.pure_advantages([[r] for r in rewards], [[n - 1] for n in lengths], None, mask,
                                      np.zeros(3, np.int32), baseline="token")
     np.testing.assert_allclose(np.asarray(ret), ref_ret, atol=1e-6)
+
+
+def test_pure_zero_step_ends_whitening_worked_example():
+    # Two 2-token rows, returns 1 and 3 on the first tokens, step ends (second tokens) zeroed:
+    # PURE's normalisation leaves the step ends out of the count and the mean and gives them 0,
+    # [[-0.447, 0], [0.447, 0]] -- not [[0, -0.707], [1.414, -0.707]], which whitening every
+    # response token (the zeros included) would give.
+    returns = np.array([[1.0, 0.0], [3.0, 0.0]], np.float32)
+    mask = np.ones((2, 2), np.float32)
+    ends = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
+    adv = np.asarray(PU.pure_whiten(returns, mask, ends))
+    np.testing.assert_allclose(adv, [[-1 / np.sqrt(5), 0.0], [1 / np.sqrt(5), 0.0]], atol=1e-6)
+    np.testing.assert_allclose(adv, ref.pure_whiten(returns, mask, ends), atol=1e-6)
+    # Through the estimator: step rewards 1 and 3 on the last tokens, one row per group.
+    adv2, _ = PU.pure_advantages(returns[:, ::-1].copy(), ends, mask, np.array([0, 1], np.int32),
+                                 zero_step_ends=True)
+    np.testing.assert_allclose(np.asarray(adv2), adv, atol=1e-6)
+    # Without zeroing: population variance over every response token, as PURE's code.
+    plain = np.asarray(PU.pure_whiten(returns, mask))
+    np.testing.assert_allclose(plain, (returns - 1.0) / np.sqrt(1.5), atol=1e-6)

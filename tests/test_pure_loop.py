@@ -82,7 +82,11 @@ def test_first_step_advantages_are_the_verifiable_rewards(setup):
         prm=prm_out, tokenizer=trainer.tokenizer))
     assert abs(metrics["pure/process_reward_mean"]) < 1e-6  # 0 up to fusion order
     vr = sb.correct.astype(np.float64) - 1.0
-    expect, _ = ref.pure_advantages([[] for _ in vr], [[] for _ in vr], vr, mask, sb.group_ids)
+    # Step rewards 0 on every step end; those tokens get advantage 0 (pure.zero_step_ends).
+    ends = pure.step_ends(trainer.tokenizer, sb.response_ids, mask, cfg.pure.separators, cfg.pure.max_steps)
+    positions = [[int(e) for e in row if e >= 0] for row in ends]
+    expect, _ = ref.pure_advantages([[0.0] * len(p) for p in positions], positions, vr, mask, sb.group_ids,
+                                    zero_step_ends=cfg.pure.zero_step_ends)
     np.testing.assert_allclose(adv, expect, atol=1e-5)
     assert np.abs(adv).sum() > 0
 

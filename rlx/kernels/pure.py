@@ -11,8 +11,8 @@ Flow: PR_BxK -> min_form_step_rewards -> scatter_step_rewards -> pure_advantages
 import jax
 import jax.numpy as jnp
 
-from rlx.kernels.advantages import (group_size, group_sum, last_token_onehot, masked_whiten,
-                                    reverse_cumsum, valid_token_mask)
+from rlx.kernels.advantages import (group_size, group_sum, last_token_onehot, reverse_cumsum,
+                                    valid_token_mask)
 
 BASELINES = ("step", "token")
 
@@ -101,8 +101,8 @@ def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
     is subtracted at step k's end (`baseline` is static). Worked: a group of 3 one-step rows,
     o = (1, 0, 0.5), L = (10, 100, 50): row 3's return at t = 0 is 0.5 - 49 / 110 = 0.0545. VR_i in {-1, 0} is RLOO-centred the same way
     and added, times vr_coef, on the last valid token. returns = reverse cumsum; advantages =
-    masked whitening of the returns over the batch. `zero_step_ends` (static) reproduces PURE's
-    code, which zeroes the returns on step-end tokens before whitening. Returns (adv, returns).
+    `pure_whiten` of the returns over the batch. `zero_step_ends` (static; PURE's default) zeroes
+    the returns on step-end tokens, which then carry no loss. Returns (adv, returns).
     """
     m = valid_token_mask(mask_BxL, group_ids_B)
     ends = jnp.asarray(step_end_mask_BxL, jnp.float32) * m
@@ -127,7 +127,33 @@ def pure_advantages(token_rewards_BxL, step_end_mask_BxL, mask_BxL, group_ids_B,
     returns = reverse_cumsum(total * m)
     if zero_step_ends:
         returns = returns * (1.0 - ends)
-    return masked_whiten(returns, m) * m, returns * m
+    return pure_whiten(returns, m, ends if zero_step_ends else None), returns * m
+
+
+def pure_whiten(x_BxL, mask_BxL, step_end_mask_BxL=None):
+    """Batch whitening as PURE's replay buffer normalises advantages.
+
+    Population variance (no Bessel correction, unlike `masked_whiten`), rsqrt(max(var, 1e-8)).
+    With `step_end_mask_BxL` (zero_step_ends) the step-end tokens, whose returns were zeroed, are
+    left out of the count N and the mean, but their squared deviation (0 - mu)^2 stays in the
+    variance's sum -- PURE's code sums it over every response token -- and they come out 0:
+
+        N = sum(m (1 - e)); mu = sum(x m (1 - e)) / N; var = sum((x - mu)^2 m) / N.
+
+    Worked: two 2-token rows whose first tokens hold 1 and 3 and whose step ends (second tokens)
+    were zeroed: mu = 2, var = (1 + 4 + 1 + 4) / 2 = 5, advantages [[-0.447, 0], [0.447, 0]].
+    PURE's code recognises those tokens by an advantage of exactly 0, which also drops padding
+    (and any token whose return happens to be 0) from N; rlx uses the step-end mask itself, so
+    the scale does not depend on how the batch is padded. Zero where N = 0.
+    """
+    m = jnp.asarray(mask_BxL, jnp.float32)
+    x = jnp.asarray(x_BxL, jnp.float32)
+    counted = m if step_end_mask_BxL is None else m * (1.0 - jnp.asarray(step_end_mask_BxL, jnp.float32))
+    n = jnp.sum(counted)
+    mu = jnp.sum(x * counted) / jnp.maximum(n, 1.0)
+    var = jnp.sum(jnp.square(x - mu) * m) / jnp.maximum(n, 1.0)
+    out = (x - mu) * jax.lax.rsqrt(jnp.maximum(var, 1e-8)) * counted
+    return jnp.where(n > 0, out, 0.0)
 
 
 def advantage_entry(*, mask_BxL, group_ids_B, token_rewards_BxL, step_end_mask_BxL,
