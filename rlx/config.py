@@ -246,6 +246,12 @@ class PureSection:
 
     prm: str = "implicit"
     prm_path: str = ""
+    # How the classifier PRM reads a rollout (rlx.train.prm_format): "pure" (PURE's PRM: the
+    # actor's tokens, each step's last token replaced by "\n"), "qwen_prm" (Qwen2.5-Math-PRM's
+    # card: a chat with steps joined by "<extra_0>", in the PRM's own tokenizer) or "actor" (the
+    # actor's tokens unchanged). prm_separator overrides the format's separator token.
+    prm_format: str = "pure"
+    prm_separator: str = ""
 
     # A response splits into steps after each separator (and at its end).
     separators: tuple[str, ...] = ("\n\n",)

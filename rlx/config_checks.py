@@ -199,6 +199,7 @@ def check_prime_pure(cfg: Config) -> None:
     """The sections' enums, checked whichever objective runs, so a typo never waits."""
     from rlx.kernels.prime import GRANULARITIES
     from rlx.train.prm import PRM_ROLES
+    from rlx.train.prm_format import PRM_FORMATS
 
     p, pu = cfg.prime, cfg.pure
     one_of("prime.update", p.update, ("before", "after"))
@@ -210,6 +211,7 @@ def check_prime_pure(cfg: Config) -> None:
     one_of("pure.step_score", pu.step_score, ("prefix", "step"))
     one_of("pure.weighting", pu.weighting, ("min", "sum"))
     one_of("pure.baseline", pu.baseline, ("step", "token"))
+    one_of("pure.prm_format", pu.prm_format, PRM_FORMATS)
     if pu.temperature <= 0 or pu.max_steps < 1 or not pu.separators:
         raise ConfigError("pure.temperature must be > 0, pure.max_steps >= 1 and pure.separators non-empty")
 

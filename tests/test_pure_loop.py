@@ -129,3 +129,108 @@ def test_classifier_prm_scores_each_step(setup, tmp_path):
 def test_classifier_prm_needs_a_path():
     with pytest.raises(ConfigError, match="pure.prm_path"):
         load_config(None, SMALL + PURE + ["pure.prm=classifier"])
+
+
+def _torch_step_logits(backbone, head, ids, reads):
+    import torch
+
+    with torch.no_grad():
+        h = backbone(input_ids=torch.tensor([ids])).last_hidden_state
+        return head(h)[0, reads].numpy()
+
+
+def _classifier_trainer(setup, tmp_path, extra=(), vocab=None, tokenizer_dir=None):
+    from test_models_prm import _save_prm
+
+    cfg, task = setup
+    backbone, head = _save_prm(tmp_path / "prm", vocab=vocab or task.tokenizer.vocab_size)
+    if tokenizer_dir is not None:
+        for f in tokenizer_dir.iterdir():
+            (tmp_path / "prm" / f.name).write_bytes(f.read_bytes())
+    cfg = load_config(None, SMALL + PURE + [f"run.out_dir={tmp_path}", "pure.prm=classifier",
+                                            f"pure.prm_path={tmp_path / 'prm'}", *extra])
+    trainer = RLTrainer(cfg, build_model(cfg.model, seed=0, vocab_size=task.tokenizer.vocab_size), task)
+    return trainer, backbone, head
+
+
+def test_classifier_prm_reads_pures_format(setup, tmp_path):
+    # PURE's PRM: the actor's prompt, then the response with each step's last token replaced by
+    # "\n"; read there. Checked row by row against the PyTorch PRM on that sequence.
+    pytest.importorskip("transformers")
+    trainer, backbone, head = _classifier_trainer(setup, tmp_path)
+    tok = trainer.tokenizer
+    newline = tok.encode("\n")
+    assert len(newline) == 1
+    sb, _, _ = trainer.collect(trainer.state, trainer.max_new_tokens())
+    _, out, _ = trainer.prm.step(trainer.state.prm, sb, sb.response_mask, sb.logprobs)
+    checked = 0
+    for b in range(0, len(sb.records), 3):
+        ends = [int(e) for e in out["ends"][b] if e >= 0]
+        if not ends:
+            continue
+        prompt = sb.prompt_ids[b][sb.prompt_mask[b] > 0].tolist()
+        response = sb.response_ids[b][sb.response_mask[b] > 0].tolist()
+        for e in ends:
+            response[e] = newline[0]
+        want = _torch_step_logits(backbone, head, prompt + response, [len(prompt) + e for e in ends])
+        np.testing.assert_allclose(out["step_logits"][b, :len(ends)], want, atol=2e-4)
+        checked += 1
+    assert checked >= 2
+
+
+def _chat_tokenizer(path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["Please reason step by step, and put your final answer within \\boxed{}.",
+              "system user assistant 12 + 34 = 46 what is 7 * 8 ?"] * 4
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    return tok
+
+
+def test_classifier_prm_reads_qwen_prm_card_format(setup, tmp_path):
+    # Qwen2.5-Math-PRM's card: system prompt, the problem, the steps' stripped texts each ended by
+    # "<extra_0>", in the PRM's own tokenizer; read at every "<extra_0>".
+    pytest.importorskip("transformers")
+    from rlx.train.prm_format import QWEN_PRM_SYSTEM, prm_inputs, step_texts
+
+    hf = _chat_tokenizer(tmp_path / "tok")
+    trainer, backbone, head = _classifier_trainer(setup, tmp_path, ["pure.prm_format=qwen_prm"],
+                                                  vocab=hf.get_vocab_size(), tokenizer_dir=tmp_path / "tok")
+    sb, _, _ = trainer.collect(trainer.state, trainer.max_new_tokens())
+    _, out, _ = trainer.prm.step(trainer.state.prm, sb, sb.response_mask, sb.logprobs)
+    sep = hf.token_to_id("<extra_0>")
+    cfg_n = len(sb.response_ids) // len(sb.records)
+    checked = 0
+    for b in range(0, len(sb.records), 3):
+        ends = out["ends"][b]
+        k = int((ends >= 0).sum())
+        if not k:
+            continue
+        steps = step_texts(trainer.tokenizer, sb.response_ids[b], ends)
+        assert len(steps) == k and all(s == s.strip() for s in steps)
+        text = (f"<|im_start|>system\n{QWEN_PRM_SYSTEM}<|im_end|>\n<|im_start|>user\n{sb.records[b // cfg_n]['question']}"
+                f"<|im_end|>\n<|im_start|>assistant\n" + "".join(s + "<extra_0>" for s in steps) + "<|im_end|>\n")
+        ids = hf.encode(text, add_special_tokens=False).ids
+        reads = [i for i, t in enumerate(ids) if t == sep]
+        assert len(reads) == k
+        np.testing.assert_allclose(out["step_logits"][b, :k], _torch_step_logits(backbone, head, ids, reads),
+                                   atol=2e-4)
+        checked += 1
+    assert checked >= 2
+    x = prm_inputs("qwen_prm", sb, out["ends"], actor_tokenizer=trainer.tokenizer,
+                   prm_tokenizer=trainer.prm.prm_tokenizer)
+    assert x.ids_BxT.shape[1] % 64 == 0  # bucketed widths: few compiled shapes
+    assert np.isfinite(trainer.step()["actor/loss"])
+
+
+def test_classifier_prm_separator_must_be_one_token(setup, tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(ConfigError, match="pure.prm_separator"):
+        _classifier_trainer(setup, tmp_path, ["pure.prm_separator=two words"])

@@ -12,8 +12,9 @@ implicit    PRIME's implicit PRM (ALGORITHMS.md section 4): a causal LM initiali
             q_t = log pi_phi(y_t) - log pi_ref(y_t), one optimizer step per mini-batch. Its
             reference is a frozen copy of the starting actor (`prime.reference=sft`) or the
             actor's rollout log-probs (`old_policy`). Outputs: {"logp", "ref_logp", "acc"}.
-classifier  a frozen classifier-head PRM read from `pure.prm_path` (Qwen2.5-Math-PRM's layout):
-            outputs {"logits"}, its two-class logits at every response position.
+classifier  a frozen classifier-head PRM read from `pure.prm_path` (Qwen2.5-Math-PRM's layout),
+            fed the rollouts in the format it was trained on (`pure.prm_format`): outputs
+            {"ends", "step_logits"}, its two-class logits at each step's separator.
 
 Temperature: the implicit PRM and its SFT reference score at temperature 1 -- PRIME's reward
 model (verl recipe/prime/prime_dp_rm.py) takes log_softmax of the raw logits, whatever the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -172,43 +174,70 @@ class ImplicitPRM:
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _classifier_logits(graphdef, params, batch: dict):
-    """The PRM's two-class logits at the response positions, [B, R, 2]."""
-    width = batch["response_mask"].shape[1]
+@functools.partial(jax.jit, static_argnums=(0,))
+def _step_logits(graphdef, params, batch: dict):
+    """The PRM's two-class logits at the positions `read` names, [B, K, 2] (garbage where -1)."""
     logits_BxTx2 = nnx.merge(graphdef, params)(batch["ids"], batch["positions"], batch["mask"])
-    return logits_BxTx2[:, -width:]
+    read = jnp.maximum(batch["read"], 0)
+    return jnp.take_along_axis(logits_BxTx2, read[:, :, None], axis=1)
 
 
 class ClassifierPRM:
-    """A frozen classifier-head PRM sharing the actor's tokenizer; no trainable state."""
+    """A frozen classifier-head PRM, fed the rollouts in the format it was trained on
+    (`pure.prm_format`, `rlx.train.prm_format`); no trainable state.
 
-    def __init__(self, cfg: Config, mesh, *, vocab_size: int):
+    Outputs {"ends": step ends [B, K], "step_logits": [B, K, 2]}, one reading per step.
+    """
+
+    def __init__(self, cfg: Config, mesh, *, tokenizer):
         from rlx.models.prm import from_hf_prm
+        from rlx.models.tokenizer import Tokenizer
+        from rlx.train.prm_format import DEFAULT_SEPARATORS, separator_id
 
-        prm = from_hf_prm(cfg.pure.prm_path, dtype=cfg.model.dtype, mesh=mesh)
-        if prm.backbone.config.vocab_size < vocab_size:
-            raise ConfigError(f"pure.prm_path's vocabulary ({prm.backbone.config.vocab_size}) is smaller than the "
-                              f"actor tokenizer's ({vocab_size}); the PRM must share the tokenizer")
+        pu = cfg.pure
+        prm = from_hf_prm(pu.prm_path, dtype=cfg.model.dtype, mesh=mesh)
+        own = any((Path(pu.prm_path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+        self.prm_tokenizer = Tokenizer.load(pu.prm_path) if own else tokenizer
+        vocab = prm.backbone.config.vocab_size
+        if pu.prm_format != "qwen_prm" and vocab < tokenizer.vocab_size:
+            raise ConfigError(f"pure.prm_path's vocabulary ({vocab}) is smaller than the actor tokenizer's "
+                              f"({tokenizer.vocab_size}); pure.prm_format={pu.prm_format} feeds the PRM the actor's "
+                              "tokens, so the PRM must share the tokenizer")
+        if pu.prm_format != "actor":  # fail at load, not at the first step
+            try:
+                separator_id(self.prm_tokenizer, pu.prm_separator or DEFAULT_SEPARATORS[pu.prm_format],
+                             where=f"pure.prm_format={pu.prm_format}")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        self.cfg, self.tokenizer, self.mesh = cfg, tokenizer, mesh
         self.graphdef, self.params = nnx.split(prm)
-        self.mesh = mesh
 
     def init_state(self) -> dict:
         return {}
 
     def step(self, state: dict, batch, mask_BxR: np.ndarray, old_logp_BxR: np.ndarray):
+        from rlx.train.prm_format import prm_inputs
+        from rlx.train.pure import step_ends
+
         del old_logp_BxR
+        pu = self.cfg.pure
+        ends = step_ends(self.tokenizer, batch.response_ids, mask_BxR, pu.separators, pu.max_steps)
+        x = prm_inputs(pu.prm_format, batch, ends, actor_tokenizer=self.tokenizer,
+                       prm_tokenizer=self.prm_tokenizer, separator=pu.prm_separator)
+        device = hostio.put_rows({"ids": x.ids_BxT, "mask": x.mask_BxT, "positions": x.positions_BxT,
+                                  "read": x.read_BxK}, self.mesh)
         with jax.set_mesh(self.mesh):
-            logits = _classifier_logits(self.graphdef, self.params, _device_batch(batch, mask_BxR, self.mesh))
-        return state, {"logits": np.asarray(hostio.get(logits))}, {}
+            logits = _step_logits(self.graphdef, self.params, device)
+        return state, {"ends": np.where(x.read_BxK >= 0, ends, -1), "step_logits": np.asarray(hostio.get(logits))}, {}
 
 
 PRM_ROLES = ("implicit", "classifier")
 
 
-def build_prm(kind: str, cfg: Config, *, graphdef, start_params, mesh, micro_batches: int, vocab_size: int,
+def build_prm(kind: str, cfg: Config, *, graphdef, start_params, mesh, micro_batches: int, tokenizer,
               reference=None):
     if kind == "implicit":
         return ImplicitPRM(cfg, graphdef, start_params, mesh, micro_batches=micro_batches, reference=reference)
     if kind == "classifier":
-        return ClassifierPRM(cfg, mesh, vocab_size=vocab_size)
+        return ClassifierPRM(cfg, mesh, tokenizer=tokenizer)
     raise ConfigError(f"unknown PRM role {kind!r}; one of {', '.join(PRM_ROLES)}")

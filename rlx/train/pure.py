@@ -103,11 +103,11 @@ def step_rewards_to_advantages(cfg: Config, batch, mask_BxL, pr: np.ndarray, end
 
 def advantages(x: AdvantageInputs) -> tuple[np.ndarray, dict]:
     cfg, pu, mask = x.cfg, x.cfg.pure, x.mask_BxL
-    ends = step_ends(x.tokenizer, x.batch.response_ids, mask, pu.separators, pu.max_steps)
-    if "logits" in x.prm:  # classifier PRM: its score at each step's last token
-        at_ends = np.take_along_axis(x.prm["logits"], np.maximum(ends, 0)[:, :, None], axis=1)
-        pr = np.where(ends >= 0, np.asarray(step_scores_from_logits(at_ends)), 0.0)
+    if "step_logits" in x.prm:  # classifier PRM: its reading at each step's separator
+        ends = x.prm["ends"]
+        pr = np.where(ends >= 0, np.asarray(step_scores_from_logits(x.prm["step_logits"])), 0.0)
     else:  # implicit PRM: its value sums up to each step's end
+        ends = step_ends(x.tokenizer, x.batch.response_ids, mask, pu.separators, pu.max_steps)
         q = np.asarray(implicit_q(x.prm["logp"], x.prm["ref_logp"], mask), np.float64)
         pr = step_scores(q, ends, beta=cfg.prime.beta, kind=pu.step_score)
     return step_rewards_to_advantages(cfg, x.batch, mask, pr, ends)

@@ -94,7 +94,7 @@ class RLTrainer:
         if kind:
             shared = self.ref_params is not None and self.meshes.reference is self.meshes.prm
             self.prm = build_prm(kind, cfg, graphdef=self.graphdef, start_params=params, mesh=self.meshes.prm,
-                                 micro_batches=self.micro_batches, vocab_size=self.tokenizer.vocab_size,
+                                 micro_batches=self.micro_batches, tokenizer=self.tokenizer,
                                  reference=self.ref_params if shared else None)
         self.seed = t.seed if t.seed >= 0 else cfg.run.seed
         self.stream = PromptStream(task.train, t.prompts_per_step, seed=self.seed, shuffle=cfg.data.shuffle)
